@@ -1,0 +1,12 @@
+"""SR4ZCT engine: self-supervised through-plane resolution enhancement for thick-slice CT.
+
+No Slicer or Qt import anywhere in this package: the Slicer module and the ``sr4zct``
+command line both drive it. See Shi, Pelt & Batenburg, MLMI 2023.
+"""
+
+from .errors import Cancelled, InputError
+from .acquisition import Acquisition
+
+__version__ = "0.1.0"
+
+__all__ = ["Acquisition", "Cancelled", "InputError", "__version__"]

@@ -1,0 +1,80 @@
+"""Through-plane acquisition parameters: slice thickness, increment, overlap, slice profile."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+from .errors import InputError
+
+PROFILES = ("box", "gaussian")
+
+
+@dataclass(frozen=True)
+class Acquisition:
+    """How the thick slices were made along the through-plane axis.
+
+    thickness_mm is the FWHM of the slice profile (r_z), increment_mm the distance between
+    slice centres (d). overlap_mm = thickness - increment; negative means a gap.
+    """
+
+    thickness_mm: float
+    increment_mm: float
+    profile: str = "box"
+
+    def __post_init__(self) -> None:
+        for name, value in (("thickness", self.thickness_mm), ("increment", self.increment_mm)):
+            if value is None or not math.isfinite(float(value)):
+                raise InputError(f"slice {name} is {value!r}; give a finite number of millimetres (--{name} MM)")
+            if float(value) <= 0:
+                raise InputError(
+                    f"slice {name} must be positive, got {float(value):g} mm; "
+                    f"check --{name} (an overlap at least as large as the thickness implies a zero or negative increment)"
+                )
+        if self.profile not in PROFILES:
+            raise InputError(f"unknown slice profile {self.profile!r}; choose one of {', '.join(PROFILES)}")
+
+    @property
+    def overlap_mm(self) -> float:
+        """Thickness minus increment: positive overlap, negative gap."""
+        return float(self.thickness_mm) - float(self.increment_mm)
+
+    @classmethod
+    def from_overlap(cls, thickness_mm: float, overlap_mm: float, profile: str = "box") -> "Acquisition":
+        """Build from thickness and overlap (as a DICOM viewer reports them)."""
+        if overlap_mm >= thickness_mm:
+            raise InputError(
+                f"overlap {overlap_mm:g} mm is not smaller than the thickness {thickness_mm:g} mm, "
+                "which would make the slice increment zero or negative; check the overlap"
+            )
+        return cls(thickness_mm, thickness_mm - overlap_mm, profile)
+
+    def warnings_for(self, in_plane_spacing_mm: float) -> list[str]:
+        """Plain-language warnings about settings that work but deserve a second look."""
+        notes = []
+        if self.overlap_mm < -1e-6:
+            notes.append(
+                f"slices have a gap of {-self.overlap_mm:g} mm (increment {self.increment_mm:g} mm > thickness "
+                f"{self.thickness_mm:g} mm): anatomy in the gaps was never measured and cannot be recovered"
+            )
+        if max(self.thickness_mm, self.increment_mm) <= in_plane_spacing_mm * 1.05:
+            notes.append(
+                f"through-plane resolution (thickness {self.thickness_mm:g} mm, increment {self.increment_mm:g} mm) "
+                f"is not coarser than the in-plane spacing {in_plane_spacing_mm:g} mm: enhancement has little or "
+                "nothing to recover; check the numbers"
+            )
+        return notes
+
+    def describe(self) -> str:
+        kind = "overlap" if self.overlap_mm >= 0 else "gap"
+        return (
+            f"thickness {self.thickness_mm:g} mm, increment {self.increment_mm:g} mm, "
+            f"{kind} {abs(self.overlap_mm):g} mm, {self.profile} profile"
+        )
+
+
+def warn_all(messages: list[str]) -> None:
+    """Emit each message as a UserWarning (the CLI prints them as `warning:` lines)."""
+    for message in messages:
+        warnings.warn(message, UserWarning, stacklevel=3)

@@ -1,0 +1,162 @@
+"""The forward (degradation) model of a thick-slice acquisition along one axis.
+
+A fine signal f with spacing s is the linear interpolant of its samples, extended by mirror
+reflection beyond its ends. A thick slice centred at c measures
+
+    b(c) = integral p(x - c) f(x) dx,
+
+p the slice profile (box of width r_z, or Gaussian of FWHM r_z), for centres c = phi + m*d.
+Linear interpolation U of b back onto the fine grid gives the degraded image W f = U S f.
+Since f = sum_k f_k hat(x/s - k), each weight S[m, k] = E_p[hat(X/s - k)] has a closed form
+(hat is the second difference of the ramp function), so S is exact, not a quadrature.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from scipy.special import ndtr
+
+from .acquisition import Acquisition
+
+_SQRT_2PI = math.sqrt(2.0 * math.pi)
+FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
+
+
+def _reflect_index(index: np.ndarray, length: int) -> np.ndarray:
+    """Fold indices onto 0..length-1 by mirror reflection about the end samples (whole-sample symmetric)."""
+    if length == 1:
+        return np.zeros_like(index)
+    period = 2 * (length - 1)
+    folded = np.mod(index, period)
+    return np.where(folded > length - 1, period - folded, folded)
+
+
+def _expected_ramp(centre: np.ndarray, knot: np.ndarray, width: float, profile: str) -> np.ndarray:
+    """E[(X - knot)^+] for X drawn from the slice profile of FWHM `width` centred at `centre`."""
+    v = centre - knot
+    if profile == "box":
+        half = 0.5 * width
+        hi = np.maximum(v + half, 0.0)
+        lo = np.maximum(v - half, 0.0)
+        return (hi * hi - lo * lo) / (2.0 * width)
+    sigma = width * FWHM_TO_SIGMA
+    z = v / sigma
+    return v * ndtr(z) + sigma * np.exp(-0.5 * z * z) / _SQRT_2PI
+
+
+def _profile_radius(width: float, profile: str) -> float:
+    """Half-support of the profile in samples (Gaussian truncated at 6 sigma, weight < 1e-9)."""
+    return 0.5 * width if profile == "box" else 6.0 * width * FWHM_TO_SIGMA
+
+
+def thick_sampling_matrix(
+    n_fine: int, centres: np.ndarray, width: float, profile: str = "box"
+) -> np.ndarray:
+    """S with S[m, k] = weight of fine sample k in the thick slice centred at centres[m].
+
+    Positions and width are in fine-sample units (millimetres / fine spacing).
+    Rows sum to one; contributions from beyond the ends are mirrored back in.
+    """
+    centres = np.asarray(centres, dtype=np.float64)
+    radius = _profile_radius(width, profile) + 1.0
+    offsets = np.arange(-math.ceil(radius) - 1, math.ceil(radius) + 2)
+    knots = np.floor(centres)[:, None] + offsets[None, :]
+    c = centres[:, None]
+    weights = (
+        _expected_ramp(c, knots - 1.0, width, profile)
+        - 2.0 * _expected_ramp(c, knots, width, profile)
+        + _expected_ramp(c, knots + 1.0, width, profile)
+    )
+    matrix = np.zeros((len(centres), n_fine), dtype=np.float64)
+    rows = np.broadcast_to(np.arange(len(centres))[:, None], knots.shape)
+    np.add.at(matrix, (rows, _reflect_index(knots.astype(np.int64), n_fine)), weights)
+    return matrix
+
+
+def linear_interpolation_matrix(positions: np.ndarray, n_samples: int) -> np.ndarray:
+    """U with (U b)[i] = linear interpolation of samples b (at 0..n_samples-1) at positions[i].
+
+    Positions outside [0, n_samples-1] are mirrored back inside (reflection, not extrapolation).
+    """
+    positions = np.asarray(positions, dtype=np.float64)
+    matrix = np.zeros((len(positions), n_samples), dtype=np.float64)
+    if n_samples == 1:
+        matrix[:, 0] = 1.0
+        return matrix
+    period = 2.0 * (n_samples - 1)
+    folded = np.mod(positions, period)
+    folded = np.where(folded > n_samples - 1, period - folded, folded)
+    lower = np.minimum(np.floor(folded).astype(np.int64), n_samples - 2)
+    frac = folded - lower
+    rows = np.arange(len(positions))
+    matrix[rows, lower] = 1.0 - frac
+    matrix[rows, lower + 1] += frac
+    return matrix
+
+
+def slice_centres(n_fine: int, spacing_mm: float, increment_mm: float, phase_mm: float) -> np.ndarray:
+    """Centres phase + m*increment that fall on the fine grid's extent, in fine-sample units.
+
+    The grid is exact: the increment is never stretched to fit the extent.
+    """
+    extent = (n_fine - 1) * spacing_mm
+    count = int(math.floor((extent - phase_mm) / increment_mm + 1e-9)) + 1
+    return (phase_mm + increment_mm * np.arange(max(count, 1))) / spacing_mm
+
+
+def degradation_operators(
+    n_fine: int, spacing_mm: float, acquisition: Acquisition, phase_mm: float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """(S, U) for a fine axis of n_fine samples at spacing_mm: thick sampling, then linear interpolation back."""
+    centres = slice_centres(n_fine, spacing_mm, acquisition.increment_mm, phase_mm)
+    sampling = thick_sampling_matrix(n_fine, centres, acquisition.thickness_mm / spacing_mm, acquisition.profile)
+    increment_samples = acquisition.increment_mm / spacing_mm
+    back = linear_interpolation_matrix((np.arange(n_fine) - centres[0]) / increment_samples, len(centres))
+    return sampling, back
+
+
+def degradation_matrix(
+    n_fine: int, spacing_mm: float, acquisition: Acquisition, phase_mm: float = 0.0
+) -> np.ndarray:
+    """W = U S (n_fine x n_fine): what the acquisition plus linear interpolation does to a fine signal."""
+    sampling, back = degradation_operators(n_fine, spacing_mm, acquisition, phase_mm)
+    return back @ sampling
+
+
+def apply_along_axis(data: torch.Tensor, matrix: torch.Tensor, axis: int) -> torch.Tensor:
+    """Apply matrix (n_out x n_in) to every 1D line of `data` along `axis` (one batched matmul)."""
+    moved = torch.movedim(data, axis, -1)
+    result = moved @ matrix.to(dtype=data.dtype, device=data.device).T
+    return torch.movedim(result, -1, axis)
+
+
+def degrade(
+    image: np.ndarray | torch.Tensor,
+    axis: int,
+    spacing_mm: float,
+    acquisition: Acquisition,
+    phase_mm: float = 0.0,
+) -> torch.Tensor:
+    """Simulate the thick-slice acquisition along one axis of a fine image (or volume) and interpolate back."""
+    data = torch.as_tensor(image)
+    if not data.is_floating_point():
+        data = data.to(torch.float32)
+    matrix = torch.from_numpy(degradation_matrix(data.shape[axis], spacing_mm, acquisition, phase_mm))
+    return apply_along_axis(data, matrix, axis)
+
+
+def simulate_thick_slices(
+    volume: np.ndarray | torch.Tensor, axis: int, spacing_mm: float, acquisition: Acquisition
+) -> torch.Tensor:
+    """Thick slices (not interpolated back) from a thin-slice volume; the first centre is the first sample."""
+    data = torch.as_tensor(volume)
+    if not data.is_floating_point():
+        data = data.to(torch.float32)
+    centres = slice_centres(data.shape[axis], spacing_mm, acquisition.increment_mm, 0.0)
+    sampling = thick_sampling_matrix(
+        data.shape[axis], centres, acquisition.thickness_mm / spacing_mm, acquisition.profile
+    )
+    return apply_along_axis(data, torch.from_numpy(sampling), axis)
