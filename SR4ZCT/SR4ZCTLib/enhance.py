@@ -1,0 +1,248 @@
+"""The whole job on one volume: check, train on its own axial images, enhance, and keep its geometry."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import psutil
+import torch
+
+from .acquisition import Acquisition
+from .device import resolve_device
+from .errors import InputError, ResourceError
+from .inference import VIEWS, enhance_stack, fine_grid_size, resample_along_axis0
+from .intensity import Normalisation, check_intensities
+from .networks import build_network
+from .progress import Reporter
+from .training import PRESETS, preset, train_network
+from .volume import ThroughPlaneGeometry, Volume, enhanced_matrix
+
+MODEL_FORMAT = "sr4zct-model-1"
+ACQUISITION_MATCH_MM = 0.05  # a saved model is reused only for an acquisition this close to its own
+
+
+@dataclass
+class EnhanceOptions:
+    """What to run. Defaults: the `fast` preset, both views fused, the preset's consistency steps."""
+
+    preset: str = "fast"
+    iterations: Optional[int] = None
+    target_spacing_mm: Optional[float] = None  # default: the finer in-plane spacing
+    device: str = "auto"
+    seed: int = 0
+    views: Sequence[str] = VIEWS
+    consistency_iterations: Optional[int] = None  # default: the preset's
+    allow_non_hu: bool = False
+    force: bool = False  # skip the memory check
+    batch_size: Optional[int] = None
+
+
+@dataclass
+class TrainedModel:
+    """A trained network with the acquisition and intensity mapping it was trained for."""
+
+    network: torch.nn.Module
+    architecture: str
+    network_options: dict
+    acquisition: Acquisition
+    grid_spacing_mm: float
+    normalisation: Normalisation
+    metrics: dict = field(default_factory=dict)
+
+    def save(self, path: str | Path) -> Path:
+        """Write atomically (temporary file, then rename)."""
+        path = Path(path)
+        temporary = path.with_name(f".{path.name}.partial")
+        torch.save({
+            "format": MODEL_FORMAT,
+            "architecture": self.architecture,
+            "network_options": self.network_options,
+            "state_dict": {k: v.detach().cpu() for k, v in self.network.state_dict().items()},
+            "acquisition": asdict(self.acquisition),
+            "grid_spacing_mm": self.grid_spacing_mm,
+            "normalisation": self.normalisation.as_dict(),
+            "metrics": {k: v for k, v in self.metrics.items() if k != "history"},
+        }, temporary)
+        temporary.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TrainedModel":
+        try:
+            bundle = torch.load(str(path), map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise InputError(f"model file {path} does not exist") from None
+        except Exception as error:
+            raise InputError(f"cannot read model {path}: {error.__class__.__name__}; was it written by sr4zct?") from None
+        if not isinstance(bundle, dict) or bundle.get("format") != MODEL_FORMAT:
+            raise InputError(f"{path} is not an SR4ZCT model file ({MODEL_FORMAT})")
+        network = build_network(bundle["architecture"], bundle["network_options"])
+        network.load_state_dict(bundle["state_dict"])
+        network.eval()
+        return cls(network, bundle["architecture"], bundle["network_options"], Acquisition(**bundle["acquisition"]),
+                   float(bundle["grid_spacing_mm"]), Normalisation(**bundle["normalisation"]), bundle.get("metrics", {}))
+
+    def check_matches(self, acquisition: Acquisition, grid_spacing_mm: float) -> None:
+        """Refuse to apply a model to an acquisition it was not trained for (the paper's central point)."""
+        mine = self.acquisition
+        if (abs(mine.thickness_mm - acquisition.thickness_mm) > ACQUISITION_MATCH_MM
+                or abs(mine.increment_mm - acquisition.increment_mm) > ACQUISITION_MATCH_MM
+                or mine.profile != acquisition.profile):
+            raise InputError(
+                f"the model was trained for {mine.describe()} but this scan has {acquisition.describe()}; "
+                "a mismatched model costs image quality: train a new one (omit --model) or correct --thickness/--increment"
+            )
+        if abs(self.grid_spacing_mm - grid_spacing_mm) > 0.02 * grid_spacing_mm:
+            raise InputError(
+                f"the model was trained at in-plane spacing {self.grid_spacing_mm:g} mm, this scan has {grid_spacing_mm:g} mm; "
+                "train a new model for this scan (omit --model)"
+            )
+
+
+@dataclass
+class EnhanceResult:
+    volume: Volume
+    model: Optional[TrainedModel]
+    metrics: dict
+
+
+def estimate_memory_bytes(shape: Sequence[int], array_axis: int, increment_mm: float, grid_spacing_mm: float,
+                          target_spacing_mm: float, phases: int = 32) -> int:
+    """Peak host memory of `enhance` beyond the input itself (float32 copies, output, matrix banks)."""
+    n_slices = shape[array_axis]
+    in_plane = [n for axis, n in enumerate(shape) if axis != array_axis]
+    plane = in_plane[0] * in_plane[1]
+    n_fine = fine_grid_size(n_slices, increment_mm, grid_spacing_mm)
+    n_target = fine_grid_size(n_slices, increment_mm, target_spacing_mm)
+    floats = 2 * n_slices * plane + n_fine * plane + (n_target * plane if n_target != n_fine else 0)
+    floats += n_target * plane // 2  # the output array in its final type
+    banks = 2 * phases * max(in_plane) ** 2
+    return 4 * (floats + banks) + 300 * 2**20  # plus torch's own working set
+
+
+def check_memory(needed: int, force: bool) -> None:
+    available = psutil.virtual_memory().available
+    if needed > available and not force:
+        raise ResourceError(
+            f"enhancing this volume needs about {needed / 2**30:.1f} GiB of memory but {available / 2**30:.1f} GiB is "
+            "available; crop the volume to the region you need, close other programs, or pass --force to try anyway"
+        )
+
+
+def enhance(
+    volume: Volume,
+    geometry: ThroughPlaneGeometry,
+    options: Optional[EnhanceOptions] = None,
+    model: Optional[TrainedModel] = None,
+    reporter: Optional[Reporter] = None,
+) -> EnhanceResult:
+    """Train on the volume's own axial images (or reuse `model`) and return the enhanced volume.
+
+    The input volume is never modified. Output: same origin, directions and in-plane grid; slices
+    from the first input slice centre to the last, every target spacing; int16 HU for integer
+    inputs (rounded, clipped), float32 otherwise.
+    """
+    options = options or EnhanceOptions()
+    reporter = reporter or Reporter()
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    config = preset(options.preset).with_iterations(options.iterations)
+    acquisition = geometry.acquisition
+    grid_spacing = min(geometry.in_plane_spacing_mm)
+    target = float(options.target_spacing_mm or grid_spacing)
+    if not np.isfinite(target) or target <= 0:
+        raise InputError(f"target spacing must be a positive number of millimetres, got {options.target_spacing_mm}")
+    unknown_views = set(options.views) - set(VIEWS)
+    if unknown_views:
+        raise InputError(f"unknown view(s) {sorted(unknown_views)}; choose from {', '.join(VIEWS)}")
+    array_axis = geometry.array_axis
+    check_memory(estimate_memory_bytes(volume.array.shape, array_axis, acquisition.increment_mm, grid_spacing, target,
+                                       config.phases), options.force)
+    normalisation = model.normalisation if model is not None else check_intensities(volume.array, options.allow_non_hu)
+    if model is not None:
+        check_intensities(volume.array, options.allow_non_hu or model.normalisation.kind != "hu")
+        model.check_matches(acquisition, grid_spacing)
+    device, device_note = resolve_device(options.device)
+    reporter.step("reading", 1.0, f"device: {device_note}; {acquisition.describe()}")
+
+    stack = np.moveaxis(volume.array, array_axis, 0)  # a view: (through-plane, rows, cols)
+    rows_spacing, cols_spacing = _in_plane_spacing_for_stack(volume, geometry.axis)
+    if model is None:
+        slices = torch.empty(stack.shape, dtype=torch.float32)
+        for index in range(stack.shape[0]):
+            slices[index] = torch.from_numpy(normalisation.forward(np.asarray(stack[index], dtype=np.float32)))
+        result = train_network(slices, (rows_spacing, cols_spacing), acquisition, config, normalisation, device,
+                               options.seed, reporter)
+        del slices
+        model = TrainedModel(result.network, config.architecture, dict(config.network_options), acquisition,
+                             grid_spacing, normalisation, result.metrics)
+        timings["training_s"] = result.metrics["training_seconds"] + result.metrics["pair_setup_seconds"]
+    consistency = config.consistency_iterations if options.consistency_iterations is None else options.consistency_iterations
+    inference_started = time.perf_counter()
+    enhanced = enhance_stack(
+        stack, acquisition, grid_spacing, model.network, normalisation.forward, normalisation.inverse, device,
+        views=tuple(options.views), consistency_iterations=int(consistency), batch_size=options.batch_size,
+        reporter=reporter,
+    )
+    if abs(target - grid_spacing) > 1e-9:
+        enhanced = resample_along_axis0(enhanced, grid_spacing, target)
+    timings["inference_s"] = time.perf_counter() - inference_started
+    output_array = _to_output_type(enhanced, volume.array.dtype)
+    del enhanced
+    output = Volume(
+        array=np.ascontiguousarray(np.moveaxis(output_array, 0, array_axis)),
+        ijk_to_world=enhanced_matrix(volume, geometry.axis, target),
+        source=volume.source,
+    )
+    timings["total_s"] = time.perf_counter() - started
+    metrics = {
+        "preset": options.preset,
+        "device": device_note,
+        "acquisition": asdict(acquisition) | {"overlap_mm": acquisition.overlap_mm},
+        "thickness_source": geometry.thickness_source,
+        "increment_source": geometry.increment_source,
+        "target_spacing_mm": target,
+        "views": list(options.views),
+        "consistency_iterations": int(consistency),
+        "input_shape": list(volume.array.shape),
+        "output_shape": list(output.array.shape),
+        "timings": timings,
+        "training": {k: v for k, v in model.metrics.items()},
+    }
+    return EnhanceResult(volume=output, model=model, metrics=metrics)
+
+
+def _in_plane_spacing_for_stack(volume: Volume, axis: int) -> tuple[float, float]:
+    """Spacing of the stack's rows and columns (the two in-plane ijk axes, numpy order)."""
+    in_plane_ijk = [a for a in (2, 1, 0) if a != axis]  # numpy axes run k, j, i
+    spacing = volume.spacing
+    return float(spacing[in_plane_ijk[0]]), float(spacing[in_plane_ijk[1]])
+
+
+def _to_output_type(values: torch.Tensor, input_dtype: np.dtype) -> np.ndarray:
+    if np.issubdtype(input_dtype, np.integer):
+        result = np.empty(values.shape, dtype=np.int16)
+        for start in range(0, values.shape[0], 32):
+            result[start:start + 32] = torch.round(values[start:start + 32]).clamp(-32768, 32767).numpy()
+        return result
+    return values.numpy()
+
+
+def linear_baseline(volume: Volume, geometry: ThroughPlaneGeometry, target_spacing_mm: Optional[float] = None,
+                    consistency_iterations: int = 0) -> Volume:
+    """Plain linear interpolation onto the output grid (optionally with consistency steps): the reference."""
+    grid_spacing = min(geometry.in_plane_spacing_mm)
+    target = float(target_spacing_mm or grid_spacing)
+    stack = np.moveaxis(volume.array, geometry.array_axis, 0)
+    identity = Normalisation(offset=0.0, scale=1.0, kind="identity")
+    values = enhance_stack(stack, geometry.acquisition, target, None, identity.forward, identity.inverse,
+                           torch.device("cpu"), consistency_iterations=consistency_iterations)
+    return Volume(np.ascontiguousarray(np.moveaxis(_to_output_type(values, volume.array.dtype), 0, geometry.array_axis)),
+                  enhanced_matrix(volume, geometry.axis, target), source=volume.source)
+
+
+__all__ = ["EnhanceOptions", "EnhanceResult", "TrainedModel", "enhance", "linear_baseline", "PRESETS"]

@@ -1,0 +1,164 @@
+"""Inference: interpolate along z, run the network on every coronal and sagittal slice, fuse, make consistent.
+
+The volume is streamed a few slices at a time: only the input (in network units) and one float
+output volume exist at once. Optionally the fused result is projected back towards consistency
+with the measured thick slices: y += U (b - S y), S the forward model, U linear interpolation.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .acquisition import Acquisition
+from .device import free_cuda_memory, is_out_of_memory
+from .forward import linear_interpolation_matrix, thick_sampling_matrix
+from .progress import Reporter
+
+VIEWS = ("coronal", "sagittal")
+
+
+def fine_grid_size(n_slices: int, increment_mm: float, spacing_mm: float) -> int:
+    """Samples from the first slice centre to the last, every spacing_mm (never past the last centre)."""
+    return int(math.floor((n_slices - 1) * increment_mm / spacing_mm + 1e-6)) + 1
+
+
+def interpolation_to_grid(n_slices: int, increment_mm: float, spacing_mm: float) -> torch.Tensor:
+    """U (n_fine x n_slices): linear interpolation from slice centres to the fine grid."""
+    n_fine = fine_grid_size(n_slices, increment_mm, spacing_mm)
+    positions = np.arange(n_fine) * spacing_mm / increment_mm
+    return torch.from_numpy(linear_interpolation_matrix(positions, n_slices)).float()
+
+
+def _run_network(network: nn.Module, images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    inputs = images[:, None].to(device, non_blocking=True)
+    with torch.no_grad():
+        if device.type == "cuda":
+            with torch.autocast("cuda", dtype=torch.float16):
+                result = network(inputs)
+        else:
+            result = network(inputs)
+    return result[:, 0].float().cpu()
+
+
+class _BatchRunner:
+    """Runs the network in batches; CUDA out of memory halves the batch, then moves to the CPU."""
+
+    def __init__(self, network: nn.Module, device: torch.device, batch_size: int, reporter: Reporter) -> None:
+        self.network, self.device, self.batch_size, self.reporter = network, device, batch_size, reporter
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        while True:
+            try:
+                results = []
+                for start in range(0, images.shape[0], self.batch_size):
+                    self.reporter.check()
+                    results.append(_run_network(self.network, images[start:start + self.batch_size], self.device))
+                return torch.cat(results)
+            except RuntimeError as error:
+                if self.device.type != "cuda" or not is_out_of_memory(error):
+                    raise
+                free_cuda_memory()
+                if self.batch_size > 1:
+                    self.batch_size //= 2
+                    self.reporter.step("inference", 0.0, f"GPU out of memory; batch size now {self.batch_size}")
+                else:
+                    self.device = torch.device("cpu")
+                    self.network = self.network.to(self.device)
+                    self.reporter.step("inference", 0.0, "GPU out of memory at batch size 1; continuing on the CPU")
+
+
+def enhance_stack(
+    thick: np.ndarray,
+    acquisition: Acquisition,
+    grid_spacing_mm: float,
+    network: Optional[nn.Module],
+    normalise,
+    denormalise,
+    device: torch.device,
+    views: Sequence[str] = VIEWS,
+    consistency_iterations: int = 1,
+    batch_size: Optional[int] = None,
+    reporter: Optional[Reporter] = None,
+) -> torch.Tensor:
+    """Enhance a stack (n_slices, rows, cols) whose axis 0 is through-plane; returns (n_fine, rows, cols) in HU.
+
+    network None gives plain linear interpolation (plus the consistency step if asked), the baseline.
+    """
+    reporter = reporter or Reporter()
+    n_slices, rows, cols = thick.shape
+    measured = torch.empty((n_slices, rows, cols), dtype=torch.float32)
+    for index in range(n_slices):  # convert slice by slice: no float64 copy of the whole input
+        measured[index] = normalise(torch.from_numpy(np.asarray(thick[index], dtype=np.float32)))
+    upsample = interpolation_to_grid(n_slices, acquisition.increment_mm, grid_spacing_mm)
+    n_fine = upsample.shape[0]
+    if network is None or not views:
+        enhanced = torch.einsum("fs,srC->frC", upsample, measured)
+    else:
+        enhanced = torch.zeros((n_fine, rows, cols), dtype=torch.float32)
+        network = network.to(device).eval()
+        run = _BatchRunner(network, device, batch_size or (16 if device.type == "cuda" else 4), reporter)
+        weight = 1.0 / len(views)
+        total = sum(rows if view == "coronal" else cols for view in views)
+        done = 0
+        for view in views:
+            lines = rows if view == "coronal" else cols
+            step = run.batch_size * 2
+            for start in range(0, lines, step):
+                stop = min(start + step, lines)
+                if view == "coronal":  # images (z, column) for rows start..stop
+                    block = torch.einsum("fs,srC->rfC", upsample, measured[:, start:stop, :])
+                    enhanced[:, start:stop, :] += weight * run(block).permute(1, 0, 2)
+                else:  # images (z, row) for columns start..stop
+                    block = torch.einsum("fs,sRc->cfR", upsample, measured[:, :, start:stop])
+                    enhanced[:, :, start:stop] += weight * run(block).permute(1, 2, 0)
+                done += stop - start
+                reporter.step("inference", done / total, f"{view} slices {stop}/{lines}")
+    if consistency_iterations > 0:
+        project_onto_measurements(enhanced, measured, acquisition, grid_spacing_mm, upsample,
+                                  consistency_iterations, reporter)
+    del measured
+    for start in range(0, n_fine, 32):
+        enhanced[start:start + 32] = denormalise(enhanced[start:start + 32])
+    return enhanced
+
+
+def project_onto_measurements(
+    estimate: torch.Tensor,
+    measured: torch.Tensor,
+    acquisition: Acquisition,
+    grid_spacing_mm: float,
+    upsample: torch.Tensor,
+    iterations: int,
+    reporter: Optional[Reporter] = None,
+    rows_per_chunk: int = 16,
+) -> None:
+    """In place: estimate += U (measured - S estimate), `iterations` times, chunked over image rows."""
+    n_slices = measured.shape[0]
+    n_fine = estimate.shape[0]
+    centres = np.arange(n_slices) * acquisition.increment_mm / grid_spacing_mm
+    sampling = torch.from_numpy(thick_sampling_matrix(
+        n_fine, centres, acquisition.thickness_mm / grid_spacing_mm, acquisition.profile)).float()
+    for start in range(0, estimate.shape[1], rows_per_chunk):
+        chunk = estimate[:, start:start + rows_per_chunk, :]
+        target = measured[:, start:start + rows_per_chunk, :]
+        for _ in range(iterations):
+            residual = target - torch.einsum("sf,frc->src", sampling, chunk)
+            chunk += torch.einsum("fs,src->frc", upsample, residual)
+        if reporter is not None:
+            reporter.step("consistency", min(1.0, (start + rows_per_chunk) / estimate.shape[1]), "consistency step")
+
+
+def resample_along_axis0(stack: torch.Tensor, from_spacing_mm: float, to_spacing_mm: float) -> torch.Tensor:
+    """Linear resampling of axis 0 from one uniform spacing to another (same first sample)."""
+    n_in = stack.shape[0]
+    n_out = fine_grid_size(n_in, from_spacing_mm, to_spacing_mm)
+    matrix = torch.from_numpy(linear_interpolation_matrix(np.arange(n_out) * to_spacing_mm / from_spacing_mm, n_in)).float()
+    result = torch.empty((n_out,) + tuple(stack.shape[1:]), dtype=stack.dtype)
+    for start in range(0, stack.shape[1], 32):
+        result[:, start:start + 32] = torch.einsum("os,src->orc", matrix, stack[:, start:start + 32])
+    return result

@@ -1,0 +1,279 @@
+"""Self-supervised training on the scan's own axial images (the paper's off-axis training).
+
+Each axial image is sharp in-plane. Along one in-plane axis we apply the forward model of the
+real through-plane acquisition (thickness, increment, profile, a random sub-slice phase) and
+interpolate back: the network learns to undo exactly that. Images are oriented so the degraded
+axis is image axis 0, as z is in the coronal and sagittal images seen at inference.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass, field, replace
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from .acquisition import Acquisition
+from .device import free_cuda_memory, is_out_of_memory
+from .errors import InputError
+from .forward import degradation_matrix
+from .intensity import PSNR_WINDOW_HU, Normalisation
+from .networks import build_network
+from .progress import Reporter
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """A training schedule. `epochs` (full images) wins over `iterations` when set."""
+
+    architecture: str
+    network_options: dict
+    iterations: int
+    batch_size: int
+    patch_size: Optional[int]  # None: full images, as in the paper
+    learning_rate: float = 1e-3
+    cosine_decay: bool = True
+    epochs: Optional[int] = None
+    phases: int = 32
+    validations: int = 10
+    consistency_iterations: int = 1
+
+    def with_iterations(self, iterations: Optional[int]) -> "TrainingConfig":
+        if iterations is None:
+            return self
+        if iterations < 1:
+            raise InputError(f"--iterations must be at least 1, got {iterations}")
+        return replace(self, iterations=int(iterations), epochs=None)
+
+
+PRESETS: dict[str, TrainingConfig] = {
+    # Chosen from measurements on 2 CPU cores (docs/benchmarks.md): a small residual CNN on 64x64
+    # patches reaches most of the gain in minutes; MS-D is 4-5x slower per step on a CPU.
+    "fast": TrainingConfig(
+        architecture="cnn", network_options={"depth": 8, "width": 32}, iterations=1500, batch_size=16,
+        patch_size=64, learning_rate=1e-3, cosine_decay=True,
+    ),
+    # The paper: MS-D 100 layers, width 1, dilations 1..10, full images, 200 epochs, Adam 1e-3, L2.
+    "paper": TrainingConfig(
+        architecture="msd", network_options={"depth": 100, "width": 1, "max_dilation": 10}, iterations=0,
+        batch_size=1, patch_size=None, learning_rate=1e-3, cosine_decay=False, epochs=200, consistency_iterations=0,
+    ),
+}
+
+
+def preset(name: str) -> TrainingConfig:
+    if name not in PRESETS:
+        raise InputError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+@dataclass
+class TrainingResult:
+    network: nn.Module
+    metrics: dict = field(default_factory=dict)
+
+
+class PairSampler:
+    """Draws (degraded, sharp) training pairs from axial images on the fly, on the training device.
+
+    A bank of degradation matrices at random phases per in-plane axis; a patch needs only the
+    matrix rows it covers, so one batched matmul makes a batch of pairs.
+    """
+
+    def __init__(self, slices: torch.Tensor, in_plane_spacing_mm: tuple[float, float], acquisition: Acquisition,
+                 phases: int, generator: torch.Generator) -> None:
+        self.views = (slices, slices.transpose(1, 2))  # degraded axis is image axis 0 in both views
+        self.generator = generator
+        self.banks = []
+        rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+        for view, spacing in zip(self.views, in_plane_spacing_mm):
+            length = view.shape[1]
+            phase_mm = rng.uniform(0.0, acquisition.increment_mm, size=phases)
+            bank = np.stack([degradation_matrix(length, spacing, acquisition, p) for p in phase_mm])
+            self.banks.append(torch.from_numpy(bank).to(device=slices.device, dtype=slices.dtype))
+
+    def _randint(self, high: int, count: int) -> torch.Tensor:
+        return torch.randint(0, high, (count,), generator=self.generator)
+
+    def batch(self, count: int, patch: Optional[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(degraded, sharp) of shape (count, 1, h, w), both views mixed, random flips."""
+        view_index = int(self._randint(2, 1))
+        view, bank = self.views[view_index], self.banks[view_index]
+        n_slices, rows, cols = view.shape
+        ph, pw = (rows, cols) if patch is None else (min(patch, rows), min(patch, cols))
+        slice_index = self._randint(n_slices, count).to(view.device)
+        phase_index = self._randint(bank.shape[0], count).to(view.device)
+        row0 = self._randint(rows - ph + 1, count).to(view.device)
+        col0 = self._randint(cols - pw + 1, count).to(view.device)
+        row_ids = row0[:, None] + torch.arange(ph, device=view.device)[None, :]
+        col_ids = col0[:, None] + torch.arange(pw, device=view.device)[None, :]
+        matrix_rows = bank[phase_index[:, None], row_ids]  # (count, ph, rows)
+        columns = view[slice_index[:, None, None], torch.arange(rows, device=view.device)[None, :, None],
+                       col_ids[:, None, :]]  # (count, rows, pw)
+        degraded = torch.bmm(matrix_rows, columns)
+        sharp = columns[torch.arange(count, device=view.device)[:, None], row_ids]  # (count, ph, pw)
+        flips = self._randint(4, 1).item()
+        if flips & 1:
+            degraded, sharp = degraded.flip(1), sharp.flip(1)
+        if flips & 2:
+            degraded, sharp = degraded.flip(2), sharp.flip(2)
+        return degraded[:, None], sharp[:, None]
+
+
+def validation_pairs(slices: torch.Tensor, in_plane_spacing_mm: tuple[float, float], acquisition: Acquisition,
+                     max_size: int = 256) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Fixed (degraded, sharp) pairs from held-out slices: both axes, phases 0 and d/2, central crop."""
+    pairs = []
+    for axis, spacing in enumerate(in_plane_spacing_mm):
+        view = slices if axis == 0 else slices.transpose(1, 2)
+        length = view.shape[1]
+        for phase in (0.0, 0.5 * acquisition.increment_mm):
+            matrix = torch.from_numpy(degradation_matrix(length, spacing, acquisition, phase)).to(view)
+            degraded = torch.matmul(matrix, view)
+            r0 = max(0, (view.shape[1] - max_size) // 2)
+            c0 = max(0, (view.shape[2] - max_size) // 2)
+            crop = (slice(None), slice(r0, r0 + max_size), slice(c0, c0 + max_size))
+            pairs.append((degraded[crop][:, None].contiguous(), view[crop][:, None].contiguous()))
+    return pairs
+
+
+def window_psnr(estimate: torch.Tensor, truth: torch.Tensor, normalisation: Normalisation) -> float:
+    """PSNR (dB) over the fixed HU window mapped to [0, 1]; on the device, summed in float64."""
+    lo, hi = PSNR_WINDOW_HU
+    a = ((normalisation.inverse(estimate.double()) - lo) / (hi - lo)).clamp(0, 1)
+    b = ((normalisation.inverse(truth.double()) - lo) / (hi - lo)).clamp(0, 1)
+    mse = float(torch.mean((a - b) ** 2))
+    return float("inf") if mse == 0 else 10.0 * math.log10(1.0 / mse)
+
+
+def evaluate(network: nn.Module, pairs, normalisation: Normalisation, batch: int = 4) -> tuple[float, float]:
+    """(network PSNR, linear-interpolation PSNR) over the validation pairs, pooled."""
+    network.eval()
+    estimates, degraded_all, truths = [], [], []
+    with torch.no_grad():
+        for degraded, sharp in pairs:
+            for start in range(0, degraded.shape[0], batch):
+                estimates.append(network(degraded[start:start + batch]).flatten())
+            degraded_all.append(degraded.flatten())
+            truths.append(sharp.flatten())
+    network.train()
+    truth = torch.cat(truths)
+    return window_psnr(torch.cat(estimates), truth, normalisation), window_psnr(torch.cat(degraded_all), truth, normalisation)
+
+
+def split_validation_slab(n_slices: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (training, validation): a contiguous slab of about 10 % of the slices, just past the middle."""
+    size = max(1, int(round(0.1 * n_slices)))
+    start = min(n_slices - size, n_slices // 2)
+    validation = np.arange(start, start + size)
+    training = np.setdiff1d(np.arange(n_slices), validation)
+    if len(training) == 0:
+        raise InputError(f"only {n_slices} slice(s): too few to train and validate on")
+    return training, validation
+
+
+def total_iterations(config: TrainingConfig, n_training_slices: int) -> int:
+    if config.epochs is not None:  # an epoch: every training slice once along each in-plane axis
+        return max(1, config.epochs * 2 * n_training_slices // config.batch_size)
+    return config.iterations
+
+
+def train_network(
+    slices: np.ndarray | torch.Tensor,
+    in_plane_spacing_mm: tuple[float, float],
+    acquisition: Acquisition,
+    config: TrainingConfig,
+    normalisation: Normalisation,
+    device: torch.device,
+    seed: int = 0,
+    reporter: Optional[Reporter] = None,
+) -> TrainingResult:
+    """Train on axial images `slices` (n, rows, cols) in network units; keep the best validation checkpoint.
+
+    CUDA out of memory halves the batch (down to 1), then falls back to the CPU with a message.
+    """
+    reporter = reporter or Reporter()
+    try:
+        return _train(slices, in_plane_spacing_mm, acquisition, config, normalisation, device, seed, reporter)
+    except RuntimeError as error:
+        if device.type != "cuda" or not is_out_of_memory(error):
+            raise
+        free_cuda_memory()
+        if config.batch_size > 1:
+            smaller = replace(config, batch_size=config.batch_size // 2)
+            reporter.step("training", 0.0, f"GPU out of memory; retrying with batch size {smaller.batch_size}")
+            return train_network(slices, in_plane_spacing_mm, acquisition, smaller, normalisation, device, seed, reporter)
+        reporter.step("training", 0.0, "GPU out of memory even at batch size 1; training on the CPU instead")
+        return train_network(slices, in_plane_spacing_mm, acquisition, config, normalisation,
+                             torch.device("cpu"), seed, reporter)
+
+
+def _train(slices, in_plane_spacing_mm, acquisition, config, normalisation, device, seed, reporter) -> TrainingResult:
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    data = torch.as_tensor(slices, dtype=torch.float32)
+    training_ids, validation_ids = split_validation_slab(data.shape[0])
+    reporter.step("pairs", 0.0, "preparing training pairs")
+    started = time.perf_counter()
+    sampler = PairSampler(data[training_ids].to(device), in_plane_spacing_mm, acquisition, config.phases, generator)
+    shown = validation_ids[:: max(1, len(validation_ids) // 4)][:4]  # at most 4 images per axis and phase
+    held_out = validation_pairs(data[shown].to(device), in_plane_spacing_mm, acquisition)
+    pair_seconds = time.perf_counter() - started
+    reporter.step("pairs", 1.0, f"pairs ready in {pair_seconds:.1f} s", seconds=pair_seconds)
+
+    network = build_network(config.architecture, config.network_options).to(device)
+    optimiser = torch.optim.Adam(network.parameters(), lr=config.learning_rate)
+    iterations = total_iterations(config, len(training_ids))
+    schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=iterations, eta_min=config.learning_rate * 0.05)
+                if config.cosine_decay else None)
+    loss_function = nn.MSELoss()
+    every = max(1, iterations // max(1, config.validations))
+    best_psnr, linear_psnr = evaluate(network, held_out, normalisation)
+    best_state, best_iteration = copy.deepcopy(network.state_dict()), 0
+    history = [{"iteration": 0, "validation_psnr_db": best_psnr}]
+    started = time.perf_counter()
+    loss_value = float("nan")
+    for iteration in range(1, iterations + 1):
+        degraded, sharp = sampler.batch(config.batch_size, config.patch_size)
+        loss = loss_function(network(degraded), sharp)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        if schedule is not None:
+            schedule.step()
+        loss_value = float(loss.detach()) if iteration % 10 == 0 or iteration == iterations else loss_value
+        if iteration % every == 0 or iteration == iterations:
+            current, _ = evaluate(network, held_out, normalisation)
+            history.append({"iteration": iteration, "validation_psnr_db": current})
+            if current > best_psnr:
+                best_psnr, best_iteration = current, iteration
+                best_state = copy.deepcopy(network.state_dict())
+        if iteration % max(1, iterations // 200) == 0 or iteration == iterations:
+            reporter.step("training", iteration / iterations,
+                          f"iteration {iteration}/{iterations}, validation PSNR {best_psnr:.2f} dB (linear {linear_psnr:.2f} dB)",
+                          iteration=iteration, loss=loss_value, validation_psnr_db=best_psnr,
+                          linear_psnr_db=linear_psnr)
+        else:
+            reporter.check()
+    network.load_state_dict(best_state)
+    network.eval()
+    metrics = {
+        "iterations": iterations,
+        "best_iteration": best_iteration,
+        "training_seconds": time.perf_counter() - started,
+        "pair_setup_seconds": pair_seconds,
+        "validation_psnr_db": best_psnr,
+        "validation_linear_psnr_db": linear_psnr,
+        "validation_gain_db": best_psnr - linear_psnr,
+        "validation_slices": [int(validation_ids[0]), int(validation_ids[-1])],
+        "psnr_window_hu": list(PSNR_WINDOW_HU),
+        "history": history,
+        "config": asdict(config),
+        "device": str(device),
+    }
+    return TrainingResult(network=network, metrics=metrics)
