@@ -204,9 +204,17 @@ def write_volume(volume: Volume, path: str | os.PathLike, overwrite: bool = Fals
     os.close(handle)
     try:
         sitk.WriteImage(image, temporary, useCompression=True)
-        os.replace(temporary, path)
+        publish(temporary, path)
     except BaseException:
         if os.path.exists(temporary):
             os.remove(temporary)
         raise
     return path
+
+
+def publish(temporary: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Give a finished temporary file the usual permissions (mkstemp makes it 0600) and rename it into place."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(temporary, 0o666 & ~mask)
+    os.replace(temporary, path)
