@@ -116,8 +116,8 @@ class _ProgressPrinter:
                 self.stage = progress.stage
                 self.bar = tqdm(total=1000, desc=progress.stage, file=sys.stderr, leave=True,
                                 bar_format="{desc:<12}{percentage:3.0f}%|{bar}| [{elapsed}<{remaining}] {postfix}")
-            self.bar.n = int(round(progress.fraction * 1000))
-            self.bar.set_postfix_str(progress.message[:90], refresh=True)
+            self.bar.set_postfix_str(progress.message[:90], refresh=False)
+            self.bar.update(int(round(progress.fraction * 1000)) - self.bar.n)  # redraws at most every 0.1 s
 
     def close(self) -> None:
         if self.bar is not None:
