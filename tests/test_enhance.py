@@ -32,15 +32,22 @@ def phantom_case():
     return truth, volume
 
 
+@pytest.fixture(scope="module")
+def trained(phantom_case):
+    """One 150-iteration training on the phantom, shared by the quality tests."""
+    _, volume = phantom_case
+    return _run(volume, iterations=150)
+
+
 def _run(volume, iterations=150, **options):
     geometry, _ = read_through_plane_geometry(volume, thickness_mm=ACQUISITION.thickness_mm)
     return geometry, enhance(volume, geometry, EnhanceOptions(iterations=iterations, device="cpu", **options))
 
 
-def test_enhance_beats_linear_interpolation_against_the_truth(phantom_case):
+def test_enhance_beats_linear_interpolation_against_the_truth(phantom_case, trained):
     truth, volume = phantom_case
     before = volume.array.copy()
-    geometry, result = _run(volume)
+    geometry, result = trained
     enhanced = result.volume.array.astype(np.float32)
     linear = linear_baseline(volume, geometry).array.astype(np.float32)
     assert enhanced.shape == linear.shape == truth.shape
@@ -73,12 +80,14 @@ def test_same_seed_same_output_on_cpu(phantom_case):
     assert not np.array_equal(first, third)
 
 
-def test_views_agree_so_z_is_oriented_as_in_training(phantom_case):
+def test_views_agree_so_z_is_oriented_as_in_training(phantom_case, trained):
     """Coronal-only and sagittal-only results score alike: both see z as image axis 0, as in training."""
     truth, volume = phantom_case
+    geometry, first = trained
     scores = {}
     for view in ("coronal", "sagittal"):
-        _, result = _run(volume, iterations=150, views=(view,), consistency_iterations=0)
+        result = enhance(volume, geometry, EnhanceOptions(device="cpu", views=(view,), consistency_iterations=0),
+                         model=first.model)
         scores[view] = psnr(result.volume.array[4:-4, 4:-4, 4:-4], truth[4:-4, 4:-4, 4:-4])
     assert abs(scores["coronal"] - scores["sagittal"]) < 1.0, scores
 
