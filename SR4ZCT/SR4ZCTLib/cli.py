@@ -195,6 +195,10 @@ def _run_enhance(volume, geometry, notes, output: Path, args, report_folder: Opt
         result = enhance(volume, geometry, _run_options(args), model=model, reporter=Reporter(printer))
         printer.close()
         _finish(volume, geometry, result, output, args, outputs, report_folder)
+        if args.progress == "json":  # the last line: the figures, for the Slicer module's panel
+            summary = {k: v for k, v in result.metrics.items() if k != "training"}
+            summary["training"] = {k: v for k, v in result.metrics["training"].items() if k not in ("history", "config")}
+            printer(Progress("done", 1.0, "finished", summary))
     except BaseException:
         printer.close()
         outputs.roll_back()

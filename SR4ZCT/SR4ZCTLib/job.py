@@ -1,0 +1,263 @@
+"""A non-blocking enhancement job for Slicer: the engine runs in a separate Python process.
+
+The input node is written to a private temporary folder, `python -m SR4ZCTLib.cli enhance
+--progress json` runs there, a reader thread queues its output lines, and `poll()` (called by a
+Qt timer in Slicer, or in a loop by `wait()`) turns them into progress reports. Cancel kills the
+whole process tree. Only a completed run adds a node; the temporary folder is always removed.
+No Qt here, so the same code runs under slicer-core in the tests.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+from .errors import Cancelled, InputError
+from .intensity import check_intensities
+from .mrml import DicomValueLookup, lps_to_ras, node_from_volume, volume_from_node, write_node
+from .progress import Progress
+from .volume import read_through_plane_geometry
+from .volume_io import read_volume
+
+LIBRARY_PARENT = str(Path(__file__).resolve().parent.parent)  # the folder holding SR4ZCTLib
+
+
+class JobState(enum.Enum):
+    IDLE = "idle"
+    STARTING = "starting"
+    IN_PROGRESS = "in progress"
+    CANCEL_REQUESTED = "cancel requested"
+    IMPORT_RESULTS = "importing results"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+@dataclass
+class EnhanceRequest:
+    """The parameters of one run, as the module panel or the console gives them (None: the default)."""
+
+    thickness_mm: Optional[float] = None
+    increment_mm: Optional[float] = None
+    profile: str = "box"
+    preset: str = "fast"
+    iterations: Optional[int] = None
+    target_spacing_mm: Optional[float] = None
+    device: str = "auto"
+    seed: int = 0
+    consistency_iterations: Optional[int] = None
+    allow_non_hu: bool = False
+    model_path: Optional[str] = None
+    save_model_path: Optional[str] = None
+
+    def arguments(self, thickness_mm: float, increment_mm: float) -> list[str]:
+        args = ["--thickness", repr(float(thickness_mm)), "--increment", repr(float(increment_mm)),
+                "--profile", self.profile, "--preset", self.preset, "--device", self.device, "--seed", str(self.seed)]
+        optional = {"--iterations": self.iterations, "--target-spacing": self.target_spacing_mm,
+                    "--consistency": self.consistency_iterations, "--model": self.model_path,
+                    "--save-model": self.save_model_path}
+        for flag, value in optional.items():
+            if value is not None:
+                args += [flag, str(value)]
+        if self.allow_non_hu:
+            args.append("--allow-non-hu")
+        return args
+
+
+def kill_process_tree(process: subprocess.Popen) -> None:
+    """Kill the process and every child (children first: killing the launcher alone leaves the worker)."""
+    try:
+        import psutil
+
+        parent = psutil.Process(process.pid)
+        children = parent.children(recursive=True)
+        for child in children:
+            child.kill()
+        parent.kill()
+        psutil.wait_procs(children + [parent], timeout=5)
+        return
+    except ImportError:
+        pass
+    except Exception:  # already gone
+        return
+    if hasattr(os, "killpg"):
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    else:
+        process.kill()
+
+
+class EnhanceJob:
+    """One run on one input node; see the module docstring for the life cycle."""
+
+    def __init__(self, input_node, request: EnhanceRequest, python_executable: Optional[str] = None,
+                 output_node=None, output_name: Optional[str] = None,
+                 on_progress: Optional[Callable[[Progress], None]] = None,
+                 on_log: Optional[Callable[[str], None]] = None,
+                 lookup: Optional[DicomValueLookup] = None) -> None:
+        self.input_node, self.request, self.output_node = input_node, request, output_node
+        self.python = python_executable or sys.executable
+        self.output_name = output_name or f"{input_node.GetName()} SR4ZCT"
+        self.on_progress, self.on_log, self.lookup = on_progress, on_log, lookup
+        self.state = JobState.IDLE
+        self.error: Optional[str] = None
+        self.metrics: dict = {}
+        self.result_node = None
+        self.last_progress: Optional[Progress] = None
+        self.started_at: Optional[float] = None
+        self._process: Optional[subprocess.Popen] = None
+        self._lines: "queue.Queue[Optional[str]]" = queue.Queue()
+        self._folder: Optional[Path] = None
+        self._reader_done = False
+
+    # -- start ---------------------------------------------------------------------------------
+    def start(self) -> "EnhanceJob":
+        """Check the input here (errors come at once), write it out and start the worker process."""
+        self.state = JobState.STARTING
+        volume = volume_from_node(self.input_node, self.lookup)
+        geometry, notes = read_through_plane_geometry(volume, self.request.thickness_mm, self.request.increment_mm,
+                                                      self.request.profile)
+        check_intensities(volume.array, self.request.allow_non_hu)
+        if geometry.axis != 2:
+            raise InputError("the slices of this volume run along its i or j axis; reorient it so that k is "
+                             "through-plane (Transforms, Harden) or use the sr4zct command line")
+        for note in notes:
+            self._log(f"warning: {note}")
+        self._folder = Path(tempfile.mkdtemp(prefix="SR4ZCT-"))
+        try:
+            source = self._folder / "input.nrrd"
+            write_node(self.input_node, str(source))
+            command = [self.python, "-m", "SR4ZCTLib.cli", "enhance", str(source), "-o", str(self._folder / "output.nrrd"),
+                       "--progress", "json", *self.request.arguments(geometry.acquisition.thickness_mm,
+                                                                   geometry.acquisition.increment_mm)]
+            environment = dict(os.environ)
+            environment["PYTHONPATH"] = os.pathsep.join(filter(None, [LIBRARY_PARENT, environment.get("PYTHONPATH")]))
+            environment["PYTHONUNBUFFERED"] = "1"
+            self._process = subprocess.Popen(
+                command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+                bufsize=1, env=environment, cwd=str(self._folder), start_new_session=(os.name == "posix"),
+            )
+        except BaseException:
+            self._remove_folder()
+            self.state = JobState.FAILED
+            raise
+        self.started_at = time.time()
+        threading.Thread(target=self._read_output, daemon=True).start()
+        self.state = JobState.IN_PROGRESS
+        return self
+
+    def _read_output(self) -> None:
+        assert self._process is not None and self._process.stdout is not None
+        for line in self._process.stdout:
+            self._lines.put(line.rstrip("\n"))
+        self._lines.put(None)
+
+    def _log(self, line: str) -> None:
+        if self.on_log is not None:
+            self.on_log(line)
+
+    # -- running -------------------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self.state in (JobState.STARTING, JobState.IN_PROGRESS, JobState.CANCEL_REQUESTED, JobState.IMPORT_RESULTS)
+
+    def poll(self) -> bool:
+        """Handle queued output; finish when the worker has ended. True while the job is still running."""
+        if self.state not in (JobState.IN_PROGRESS, JobState.CANCEL_REQUESTED):
+            return self.running
+        while True:
+            try:
+                line = self._lines.get_nowait()
+            except queue.Empty:
+                break
+            if line is None:
+                self._reader_done = True
+                break
+            self._handle_line(line)
+        if self._reader_done and self._process is not None and self._process.poll() is not None:
+            self._finish(self._process.returncode)
+        return self.running
+
+    def _handle_line(self, line: str) -> None:
+        if line.startswith("{"):
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                self._log(line)
+                return
+            if event.get("stage") == "done":
+                self.metrics = event.get("metrics", {})
+                return
+            progress = Progress(event["stage"], float(event["fraction"]), event.get("message", ""),
+                                event.get("metrics", {}))
+            self.last_progress = progress
+            if self.on_progress is not None:
+                self.on_progress(progress)
+            return
+        if line.startswith("error:"):
+            self.error = line[len("error:"):].strip()
+        self._log(line)
+
+    def cancel(self) -> None:
+        """Stop the worker now; no node is added and the temporary files go."""
+        if self.state in (JobState.IN_PROGRESS, JobState.STARTING) and self._process is not None:
+            self.state = JobState.CANCEL_REQUESTED
+            kill_process_tree(self._process)
+
+    def _finish(self, return_code: int) -> None:
+        try:
+            if self.state == JobState.CANCEL_REQUESTED or return_code == 130:
+                self.state = JobState.CANCELLED
+                return
+            if return_code != 0:
+                self.state = JobState.FAILED
+                self.error = self.error or f"the SR4ZCT worker stopped with exit code {return_code}; see the log"
+                return
+            self.state = JobState.IMPORT_RESULTS
+            result = lps_to_ras(read_volume(self._folder / "output.nrrd"))
+            scene = self.input_node.GetScene()
+            self.result_node = node_from_volume(result, scene, self.output_name, reference=self.input_node,
+                                                output_node=self.output_node)
+            self.state = JobState.COMPLETED
+        except Exception as error:  # importing failed: report it, leave no node
+            self.state = JobState.FAILED
+            self.error = f"importing the result failed: {error}"
+        finally:
+            self._remove_folder()
+
+    def _remove_folder(self) -> None:
+        if self._folder is not None:
+            shutil.rmtree(self._folder, ignore_errors=True)
+            self._folder = None
+
+    def wait(self, timeout: Optional[float] = None, interval: float = 0.1):
+        """Block until done (the console and tests); returns the output node or raises."""
+        deadline = None if timeout is None else time.time() + timeout
+        while self.poll():
+            if deadline is not None and time.time() > deadline:
+                self.cancel()
+                self.poll()
+                raise TimeoutError("SR4ZCT did not finish in time and was cancelled")
+            time.sleep(interval)
+        return self.result()
+
+    def result(self):
+        if self.state == JobState.COMPLETED:
+            return self.result_node
+        if self.state == JobState.CANCELLED:
+            raise Cancelled("cancelled: no volume was added")
+        raise InputError(self.error or "SR4ZCT failed")

@@ -1,0 +1,135 @@
+"""The Slicer side of the engine that needs MRML but no Qt: volume nodes in and out, DICOM thickness.
+
+Runs under real Slicer and under the PyPI package slicer-core (real MRML, no Qt), where the tests
+exercise it. `slicer` is imported only inside these functions, so the rest of the engine never needs it.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import numpy as np
+
+from .errors import InputError
+from .volume import Volume, read_through_plane_geometry
+
+RAS_FROM_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+SLICE_THICKNESS_TAG = "0018,0050"
+
+# (instance UID) -> SliceThickness text, or "" / None when absent; in Slicer built from slicer.dicomDatabase
+DicomValueLookup = Callable[[str], Optional[str]]
+
+
+def slicer_dicom_lookup() -> Optional[DicomValueLookup]:
+    """The SliceThickness lookup through Slicer's DICOM database, or None where there is none (slicer-core)."""
+    import slicer
+
+    database = getattr(slicer, "dicomDatabase", None)
+    if database is None:
+        return None
+
+    def lookup(uid: str) -> Optional[str]:
+        file = database.fileForInstance(uid)
+        return database.fileValue(file, SLICE_THICKNESS_TAG) if file else None
+
+    return lookup
+
+
+def dicom_slice_thickness(node, lookup: Optional[DicomValueLookup]) -> Optional[float]:
+    """SliceThickness (0018,0050) of the first instance the node was loaded from, or None."""
+    uids = (node.GetAttribute("DICOM.instanceUIDs") or "").split()
+    if not uids or lookup is None:
+        return None
+    text = lookup(uids[0])
+    try:
+        value = float(str(text).split("\\")[0]) if text not in (None, "") else None
+    except ValueError:
+        return None
+    return value if value and value > 0 else None
+
+
+def ijk_to_ras(node) -> np.ndarray:
+    import vtk
+
+    matrix = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(matrix)
+    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def volume_from_node(node, lookup: Optional[DicomValueLookup] = None) -> Volume:
+    """A Volume (RAS geometry) with a copy of the node's voxels; the node is not touched."""
+    import slicer.util
+
+    if node is None or not node.IsA("vtkMRMLScalarVolumeNode"):
+        raise InputError("select a scalar volume node as input (not a label map, segmentation or vector volume)")
+    if node.IsA("vtkMRMLLabelMapVolumeNode"):
+        raise InputError(f"{node.GetName()} is a label map, not a CT image; select the CT volume")
+    if node.GetImageData() is None:
+        raise InputError(f"{node.GetName()} has no image data; load a CT volume first")
+    array = np.array(slicer.util.arrayFromVolume(node), copy=True)
+    thickness = dicom_slice_thickness(node, lookup)
+    from_dicom = bool(node.GetAttribute("DICOM.instanceUIDs"))
+    return Volume(array=array, ijk_to_world=ijk_to_ras(node), slice_thickness_mm=thickness,
+                  source="mrml", slice_axis=2 if from_dicom else None, extra={"name": node.GetName()})
+
+
+def node_geometry(node, thickness_mm: Optional[float] = None, increment_mm: Optional[float] = None,
+                  profile: str = "box", lookup: Optional[DicomValueLookup] = None):
+    """(geometry, warnings) for a node: what the module panel shows."""
+    return read_through_plane_geometry(volume_from_node(node, lookup), thickness_mm, increment_mm, profile)
+
+
+def set_ijk_to_ras(node, matrix: np.ndarray) -> None:
+    import vtk
+
+    vtk_matrix = vtk.vtkMatrix4x4()
+    for r in range(4):
+        for c in range(4):
+            vtk_matrix.SetElement(r, c, float(matrix[r, c]))
+    node.SetIJKToRASMatrix(vtk_matrix)
+
+
+def node_from_volume(volume: Volume, scene, name: str, reference=None, output_node=None):
+    """Put a RAS Volume into output_node, or a new scalar volume node added to the scene; returns the node.
+
+    Display settings (window/level) follow the reference node so the result looks like the input.
+    """
+    import slicer.util
+
+    node = output_node or scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", scene.GenerateUniqueName(name))
+    try:
+        slicer.util.updateVolumeFromArray(node, np.ascontiguousarray(volume.array))
+        set_ijk_to_ras(node, volume.ijk_to_world)
+    except BaseException:
+        if output_node is None:  # leave no half-made node behind
+            scene.RemoveNode(node)
+        raise
+    if node.GetDisplayNode() is None:
+        node.CreateDefaultDisplayNodes()
+    reference_display = reference.GetDisplayNode() if reference is not None else None
+    if reference_display is not None and node.GetDisplayNode() is not None:
+        display = node.GetDisplayNode()
+        display.SetAutoWindowLevel(reference_display.GetAutoWindowLevel())
+        display.SetWindowLevel(reference_display.GetWindow(), reference_display.GetLevel())
+        if reference_display.GetColorNodeID():
+            display.SetAndObserveColorNodeID(reference_display.GetColorNodeID())
+    return node
+
+
+def lps_to_ras(volume: Volume) -> Volume:
+    """The same voxels with world coordinates changed from LPS (files) to RAS (Slicer)."""
+    return Volume(volume.array, RAS_FROM_LPS @ volume.ijk_to_world, volume.slice_thickness_mm, volume.source,
+                  volume.slice_axis, dict(volume.extra))
+
+
+def write_node(node, path: str) -> None:
+    """Write a volume node with MRML's own storage node (as Slicer's Save dialog does); the node is unchanged."""
+    scene = node.GetScene()
+    storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+    try:
+        storage.SetFileName(str(path))
+        storage.SetUseCompression(False)
+        if not storage.WriteData(node):
+            raise InputError(f"could not write {node.GetName()} to {path}; check free disk space")
+    finally:
+        scene.RemoveNode(storage)
