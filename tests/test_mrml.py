@@ -6,6 +6,7 @@ import glob
 import os
 import sys
 import tempfile
+import time
 
 import numpy as np
 import pytest
@@ -136,11 +137,13 @@ def test_job_cancel_leaves_no_node_and_no_files(scene, small_ct):
     count = scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")
     job = EnhanceJob(node, EnhanceRequest(thickness_mm=3.0, iterations=100000, device="cpu"), sys.executable).start()
     while job.poll() and (job.last_progress is None or job.last_progress.stage != "training"):
-        pass
+        time.sleep(0.05)
+    cancelled_at = time.time()
     job.cancel()
     with pytest.raises(Cancelled):
         job.wait(timeout=30)
     assert job.state == JobState.CANCELLED
+    assert time.time() - cancelled_at < 5.0
     assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == count
     assert _leftover_job_folders() == before_folders
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), small_ct)

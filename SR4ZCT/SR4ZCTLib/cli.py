@@ -283,7 +283,10 @@ def _raise_cancelled(signum, frame) -> None:
 def main(argv: Optional[list[str]] = None) -> int:
     """Entry point of `sr4zct`; returns the exit code (0, 2 on bad input, 130 when cancelled)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_request:  # --help, or a usage error already printed as one `error:` line
+        return int(exit_request.code or 0)
     previous: Optional[Callable] = None
     try:
         previous = signal.signal(signal.SIGTERM, _raise_cancelled)

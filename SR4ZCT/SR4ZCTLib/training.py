@@ -236,7 +236,7 @@ def _train(slices, in_plane_spacing_mm, acquisition, config, normalisation, devi
     best_psnr, linear_psnr = evaluate(network, held_out, normalisation)
     best_state, best_iteration = copy.deepcopy(network.state_dict()), 0
     history = [{"iteration": 0, "validation_psnr_db": best_psnr}]
-    started = time.perf_counter()
+    started = last_report = time.perf_counter()
     loss_value = float("nan")
     for iteration in range(1, iterations + 1):
         degraded, sharp = sampler.batch(config.batch_size, config.patch_size)
@@ -253,7 +253,9 @@ def _train(slices, in_plane_spacing_mm, acquisition, config, normalisation, devi
             if current > best_psnr:
                 best_psnr, best_iteration = current, iteration
                 best_state = copy.deepcopy(network.state_dict())
-        if iteration % max(1, iterations // 200) == 0 or iteration == iterations:
+        now = time.perf_counter()
+        if iteration % max(1, iterations // 200) == 0 or iteration == iterations or now - last_report > 0.5:
+            last_report = now
             reporter.step("training", iteration / iterations,
                           f"iteration {iteration}/{iterations}, validation PSNR {best_psnr:.2f} dB (linear {linear_psnr:.2f} dB)",
                           iteration=iteration, loss=loss_value, validation_psnr_db=best_psnr,
