@@ -119,6 +119,7 @@ class EnhanceJob:
         self.result_node = None
         self.last_progress: Optional[Progress] = None
         self.started_at: Optional[float] = None
+        self.stage_started_at: dict[str, float] = {}
         self._process: Optional[subprocess.Popen] = None
         self._lines: "queue.Queue[Optional[str]]" = queue.Queue()
         self._folder: Optional[Path] = None
@@ -205,12 +206,21 @@ class EnhanceJob:
             progress = Progress(event["stage"], float(event["fraction"]), event.get("message", ""),
                                 event.get("metrics", {}))
             self.last_progress = progress
+            self.stage_started_at.setdefault(progress.stage, time.time())
             if self.on_progress is not None:
                 self.on_progress(progress)
             return
         if line.startswith("error:"):
             self.error = line[len("error:"):].strip()
         self._log(line)
+
+    def seconds_left(self) -> Optional[float]:
+        """Time left in the current stage, from its pace so far (None until there is enough to tell)."""
+        progress = self.last_progress
+        if progress is None or progress.fraction < 0.02 or progress.stage not in self.stage_started_at:
+            return None
+        elapsed = time.time() - self.stage_started_at[progress.stage]
+        return elapsed * (1.0 - progress.fraction) / progress.fraction
 
     def cancel(self) -> None:
         """Stop the worker now; no node is added and the temporary files go."""
