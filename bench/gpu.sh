@@ -11,7 +11,7 @@ python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.i
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 if [ "${QUICK:-0}" = 1 ]; then FAST_IT="--iterations 20"; PAPER_IT=20; SLICES=12; SETTINGS=5/2.5,3/4; else FAST_IT=""; PAPER_IT=1000; SLICES=150; SETTINGS=all; fi
 step() { local limit=$1; shift; echo; echo "### $*"; timeout "$limit" python3 "$@" || echo "(step ended with status $?)"; }
-step 150 bench/compute.py --preset fast --slices "$SLICES" $FAST_IT
-step 260 bench/quality.py --truth vhm --settings "$SETTINGS" --presets fast $FAST_IT
-step 150 bench/mismodel.py $FAST_IT
-step 150 bench/compute.py --preset paper --slices "$SLICES" --iterations "$PAPER_IT"
+step 100 bench/compute.py --preset fast --slices "$SLICES" $FAST_IT
+step 230 bench/quality.py --truth vhm --settings "$SETTINGS" --presets fast --methods linear,cubic $FAST_IT
+step 130 bench/mismodel.py $FAST_IT
+step 120 bench/compute.py --preset paper --slices "$SLICES" --iterations "$PAPER_IT"
