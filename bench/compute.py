@@ -20,6 +20,7 @@ import torch
 from common import machine, vhm_truth
 from SR4ZCTLib.enhance import EnhanceOptions, enhance
 from SR4ZCTLib.phantom import make_phantom
+from SR4ZCTLib.progress import Reporter
 from SR4ZCTLib.training import preset, split_validation_slab, total_iterations
 from SR4ZCTLib.volume import Volume, read_through_plane_geometry
 
@@ -47,7 +48,18 @@ def main() -> None:
     geometry, _ = read_through_plane_geometry(volume, 3.0)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    result = enhance(volume, geometry, EnhanceOptions(preset=args.preset, iterations=args.iterations, device=args.device))
+    shown = {}
+
+    def report(progress) -> None:  # a line per stage and per tenth, so a cut-off run still tells its pace
+        tenth = int(progress.fraction * 10)
+        if shown.get(progress.stage) != tenth:
+            shown[progress.stage] = tenth
+            print(f"  {time.perf_counter() - started:7.1f} s  {progress.stage} {progress.fraction:.0%} {progress.message}",
+                  flush=True)
+
+    started = time.perf_counter()
+    result = enhance(volume, geometry, EnhanceOptions(preset=args.preset, iterations=args.iterations, device=args.device),
+                     reporter=Reporter(report))
     peak_rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     peak_gpu = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else float("nan")
     timings, training = result.metrics["timings"], result.metrics["training"]
