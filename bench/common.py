@@ -25,12 +25,13 @@ from SR4ZCTLib import Acquisition, cli  # noqa: E402
 from SR4ZCTLib.enhance import EnhanceOptions, enhance  # noqa: E402
 from SR4ZCTLib.forward import simulate_thick_slices  # noqa: E402
 from SR4ZCTLib.inference import interpolation_to_grid, project_onto_measurements  # noqa: E402
+from SR4ZCTLib.intensity import PSNR_WINDOW_HU, psnr  # noqa: E402
 from SR4ZCTLib.phantom import make_phantom  # noqa: E402
 from SR4ZCTLib.volume import Volume, read_through_plane_geometry  # noqa: E402
 from SR4ZCTLib.volume_io import read_volume, write_volume  # noqa: E402
 
 VHM = ROOT.parent / "shared" / "data" / "vhm_head_1mm.nrrd"
-FULL_WINDOW_HU = (-1024.0, 3071.0)
+FULL_WINDOW_HU = PSNR_WINDOW_HU
 SOFT_TISSUE_WINDOW_HU = (-160.0, 240.0)
 PAPER_SETTINGS = [(2.5, 1.25), (3.75, 1.875), (5.0, 2.5), (6.25, 3.125)]
 EXTRA_SETTINGS = [(5.0, 2.0), (5.0, 3.0), (3.0, 3.0), (3.0, 4.0)]
@@ -128,11 +129,6 @@ def central(volume: np.ndarray, truth: Truth, acquisition: Acquisition) -> tuple
 def window(values: np.ndarray, window_hu) -> np.ndarray:
     lo, hi = window_hu
     return np.clip((values.astype(np.float64) - lo) / (hi - lo), 0.0, 1.0)
-
-
-def psnr(a: np.ndarray, b: np.ndarray, window_hu=FULL_WINDOW_HU) -> float:
-    mse = float(np.mean((window(a, window_hu) - window(b, window_hu)) ** 2))
-    return 10 * math.log10(1.0 / mse) if mse > 0 else float("inf")
 
 
 def ssim_views(a: np.ndarray, b: np.ndarray, step: int = 8) -> tuple[float, float]:

@@ -211,7 +211,7 @@ def enhance(
         "input_shape": list(volume.array.shape),
         "output_shape": list(output.array.shape),
         "timings": timings,
-        "training": {k: v for k, v in model.metrics.items()},
+        "training": dict(model.metrics),
     }
     return EnhanceResult(volume=output, model=model, metrics=metrics)
 

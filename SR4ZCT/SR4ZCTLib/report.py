@@ -30,11 +30,9 @@ def comparison_planes(volume: Volume, geometry: ThroughPlaneGeometry, enhanced: 
     positions = np.arange(n_fine) * step / geometry.acquisition.increment_mm
     linear = linear_interpolation_matrix(positions, stack.shape[0])
     nearest = np.clip(np.round(positions).astype(int), 0, stack.shape[0] - 1)
-    planes = {}
-    for view, measured in _central_planes(stack).items():
-        planes[view] = {"as acquired": measured[nearest], "linear": linear @ measured,
-                        "SR4ZCT": _central_planes(result)[view]}
-    return planes
+    enhanced_planes = _central_planes(result)
+    return {view: {"as acquired": measured[nearest], "linear": linear @ measured, "SR4ZCT": enhanced_planes[view]}
+            for view, measured in _central_planes(stack).items()}
 
 
 def _write_atomically(path: Path, write) -> None:

@@ -14,7 +14,7 @@ from typing import Optional
 import numpy as np
 
 from .errors import InputError
-from .volume import Volume
+from .volume import Volume, check_volume_shape
 
 VOLUME_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
 OUTPUT_SUFFIXES = (".nrrd", ".nii", ".nii.gz", ".mha")
@@ -56,10 +56,7 @@ def read_volume(path: str | os.PathLike) -> Volume:
             "SR4ZCT needs a scalar CT volume"
         )
     array = sitk.GetArrayFromImage(image)
-    if array.ndim != 3:
-        from .volume import check_volume_shape
-
-        check_volume_shape(array)
+    check_volume_shape(array)
     array = np.ascontiguousarray(array.astype(array.dtype.newbyteorder("=")))
     directions = np.array(image.GetDirection(), dtype=float).reshape(3, 3)
     matrix = Volume.matrix_from(image.GetOrigin(), image.GetSpacing(), directions)
