@@ -165,3 +165,90 @@ def test_label_map_is_refused_before_anything_starts(scene):
     slicer.util.updateVolumeFromArray(labels, np.zeros((5, 6, 7), np.int16))
     with pytest.raises(InputError, match="label map"):
         EnhanceJob(labels, EnhanceRequest(), sys.executable).start()
+
+
+# ---- the reliability table on the Slicer path: refused at start, nothing added, input untouched ----------------------
+def _float_with(value):
+    def make(array):
+        array = array.astype(np.float32)
+        array[1, 2, 3] = value
+        return array
+    return make
+
+
+def _sheared():
+    directions = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.25], [0.0, 0.0, 1.0]])
+    return Volume.matrix_from((0, 0, 0), (0.7, 0.7, 2.5), directions / np.linalg.norm(directions, axis=0))
+
+
+NODE_CASES = [
+    ("too few slices", lambda a: a[:2], None, {}, "too few slices"),
+    ("NaN voxels", _float_with(np.nan), None, {}, "NaN or infinite"),
+    ("Inf voxels", _float_with(np.inf), None, {}, "NaN or infinite"),
+    ("label values", lambda a: (a > 0).astype(np.int16), None, {}, "label map"),
+    ("MR-like", lambda a: (a + 1024 + np.random.default_rng(0).integers(0, 300, a.shape)).astype(np.int16), None, {},
+     "no voxel is below 0"),
+    ("sheared grid", lambda a: a, _sheared(), {}, "sheared"),
+    ("thickness 0", lambda a: a, None, {"thickness_mm": 0.0}, "thickness must be positive"),
+    ("thickness NaN", lambda a: a, None, {"thickness_mm": float("nan")}, "thickness"),
+    ("increment negative", lambda a: a, None, {"thickness_mm": 3.0, "increment_mm": -1.0}, "increment must be positive"),
+]
+
+
+@pytest.mark.parametrize("make_array,matrix,request_options,message", [c[1:] for c in NODE_CASES],
+                         ids=[c[0] for c in NODE_CASES])
+def test_bad_node_input_is_refused_before_anything_starts(scene, small_ct, make_array, matrix, request_options, message):
+    array = make_array(small_ct)
+    node = make_node(scene, array, oblique_matrix() if matrix is None else matrix)
+    before, geometry_before = slicer.util.arrayFromVolume(node).copy(), ijk_to_ras(node)
+    count = scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")
+    folders = _leftover_job_folders()
+    with pytest.raises(InputError, match=message):
+        EnhanceJob(node, EnhanceRequest(**request_options), sys.executable).start()
+    assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == count
+    assert _leftover_job_folders() == folders
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), before)
+    np.testing.assert_array_equal(ijk_to_ras(node), geometry_before)
+
+
+def test_output_node_same_as_input_is_refused(scene, small_ct):
+    node = make_node(scene, small_ct, oblique_matrix())
+    with pytest.raises(InputError, match="output volume is the input"):
+        EnhanceJob(node, EnhanceRequest(), sys.executable, output_node=node).start()
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), small_ct)
+
+
+def test_node_too_large_for_memory_is_refused_unless_forced(scene, small_ct, monkeypatch):
+    import psutil
+
+    from SR4ZCTLib.errors import ResourceError
+
+    class Tiny:
+        available = 10 * 2**20
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: Tiny())
+    node = make_node(scene, small_ct, oblique_matrix())
+    with pytest.raises(ResourceError, match="GiB.*crop"):
+        EnhanceJob(node, EnhanceRequest(), sys.executable).start()
+    job = EnhanceJob(node, EnhanceRequest(force=True, iterations=1, device="cpu"), sys.executable).start()
+    job.cancel()
+    with pytest.raises(Cancelled):
+        job.wait(timeout=30)
+
+
+def test_gap_on_a_node_runs_with_a_warning(scene, small_ct):
+    node = make_node(scene, small_ct, oblique_matrix())
+    logged = []
+    job = EnhanceJob(node, EnhanceRequest(thickness_mm=2.0, iterations=2, device="cpu"), sys.executable,
+                     on_log=logged.append)
+    out = job.start().wait(timeout=120)
+    assert any("gap of 0.5 mm" in line for line in logged)
+    assert out is not None and job.state == JobState.COMPLETED
+
+
+def test_same_node_same_seed_same_result(scene, small_ct):
+    node = make_node(scene, small_ct, oblique_matrix())
+    results = [slicer.util.arrayFromVolume(EnhanceJob(node, EnhanceRequest(thickness_mm=3.0, iterations=3, seed=4,
+                                                                           device="cpu"), sys.executable)
+                                           .start().wait(timeout=120)).copy() for _ in range(2)]
+    np.testing.assert_array_equal(*results)

@@ -8,14 +8,14 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
-import psutil
 import torch
 
 from .acquisition import Acquisition
 from .device import resolve_device
-from .errors import InputError, ResourceError
-from .inference import VIEWS, enhance_stack, fine_grid_size, resample_along_axis0
+from .errors import InputError
+from .inference import VIEWS, enhance_stack, resample_along_axis0
 from .intensity import Normalisation, check_intensities
+from .memory import check_memory, estimate_memory_bytes
 from .networks import build_network
 from .progress import Reporter
 from .training import PRESETS, preset, train_network
@@ -108,29 +108,6 @@ class EnhanceResult:
     volume: Volume
     model: Optional[TrainedModel]
     metrics: dict
-
-
-def estimate_memory_bytes(shape: Sequence[int], array_axis: int, increment_mm: float, grid_spacing_mm: float,
-                          target_spacing_mm: float, phases: int = 32) -> int:
-    """Peak host memory of `enhance` beyond the input itself (float32 copies, output, matrix banks)."""
-    n_slices = shape[array_axis]
-    in_plane = [n for axis, n in enumerate(shape) if axis != array_axis]
-    plane = in_plane[0] * in_plane[1]
-    n_fine = fine_grid_size(n_slices, increment_mm, grid_spacing_mm)
-    n_target = fine_grid_size(n_slices, increment_mm, target_spacing_mm)
-    floats = 2 * n_slices * plane + n_fine * plane + (n_target * plane if n_target != n_fine else 0)
-    floats += n_target * plane // 2  # the output array in its final type
-    banks = 2 * phases * max(in_plane) ** 2
-    return 4 * (floats + banks) + 300 * 2**20  # plus torch's own working set
-
-
-def check_memory(needed: int, force: bool) -> None:
-    available = psutil.virtual_memory().available
-    if needed > available and not force:
-        raise ResourceError(
-            f"enhancing this volume needs about {needed / 2**30:.1f} GiB of memory but {available / 2**30:.1f} GiB is "
-            "available; crop the volume to the region you need, close other programs, or pass --force to try anyway"
-        )
 
 
 def enhance(

@@ -7,7 +7,6 @@ with the measured thick slices: y += U (b - S y), S the forward model, U linear 
 
 from __future__ import annotations
 
-import math
 from typing import Optional, Sequence
 
 import numpy as np
@@ -17,14 +16,10 @@ from torch import nn
 from .acquisition import Acquisition
 from .device import free_cuda_memory, is_out_of_memory
 from .forward import linear_interpolation_matrix, thick_sampling_matrix
+from .memory import fine_grid_size
 from .progress import Reporter
 
 VIEWS = ("coronal", "sagittal")
-
-
-def fine_grid_size(n_slices: int, increment_mm: float, spacing_mm: float) -> int:
-    """Samples from the first slice centre to the last, every spacing_mm (never past the last centre)."""
-    return int(math.floor((n_slices - 1) * increment_mm / spacing_mm + 1e-6)) + 1
 
 
 def interpolation_to_grid(n_slices: int, increment_mm: float, spacing_mm: float) -> torch.Tensor:

@@ -26,6 +26,7 @@ from typing import Callable, Optional
 
 from .errors import Cancelled, InputError
 from .intensity import check_intensities
+from .memory import check_memory, estimate_memory_bytes
 from .mrml import DicomValueLookup, lps_to_ras, node_from_volume, volume_from_node, write_node
 from .progress import Progress
 from .volume import read_through_plane_geometry
@@ -59,6 +60,7 @@ class EnhanceRequest:
     seed: int = 0
     consistency_iterations: Optional[int] = None
     allow_non_hu: bool = False
+    force: bool = False  # run even when the memory estimate exceeds what is free
     model_path: Optional[str] = None
     save_model_path: Optional[str] = None
 
@@ -73,6 +75,8 @@ class EnhanceRequest:
                 args += [flag, str(value)]
         if self.allow_non_hu:
             args.append("--allow-non-hu")
+        if self.force:
+            args.append("--force")
         return args
 
 
@@ -129,10 +133,15 @@ class EnhanceJob:
     def start(self) -> "EnhanceJob":
         """Check the input here (errors come at once), write it out and start the worker process."""
         self.state = JobState.STARTING
+        if self.output_node is not None and self.output_node is self.input_node:
+            raise InputError("the output volume is the input volume; choose 'Create new volume' or another node")
         volume = volume_from_node(self.input_node, self.lookup)
         geometry, notes = read_through_plane_geometry(volume, self.request.thickness_mm, self.request.increment_mm,
                                                       self.request.profile)
         check_intensities(volume.array, self.request.allow_non_hu)
+        grid = min(geometry.in_plane_spacing_mm)
+        check_memory(estimate_memory_bytes(volume.array.shape, geometry.array_axis, geometry.acquisition.increment_mm,
+                                           grid, self.request.target_spacing_mm or grid), self.request.force)
         if geometry.axis != 2:
             raise InputError("the slices of this volume run along its i or j axis; reorient it so that k is "
                              "through-plane (Transforms, Harden) or use the sr4zct command line")
