@@ -21,7 +21,6 @@ def needs_shared(path: Path):
 def write_dicom_series(folder: Path, array: np.ndarray, positions, orientation=(1, 0, 0, 0, 1, 0),
                        pixel_spacing=(0.8, 0.8), thickness=None, series_uid=None, intercept=-1024.0) -> Path:
     """Write array (slices, rows, cols) of HU as a CT DICOM series with the given ImagePositionPatient per slice."""
-    import pydicom
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 

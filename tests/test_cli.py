@@ -21,7 +21,7 @@ import torch
 
 from SR4ZCTLib import cli
 from SR4ZCTLib.device import resolve_device
-from SR4ZCTLib.errors import InputError, ResourceError
+from SR4ZCTLib.errors import InputError
 from SR4ZCTLib.volume import Volume
 from SR4ZCTLib.volume_io import read_volume, write_volume
 

@@ -20,6 +20,7 @@ from .networks import build_network
 from .progress import Reporter
 from .training import PRESETS, preset, train_network
 from .volume import ThroughPlaneGeometry, Volume, enhanced_matrix
+from .volume_io import write_atomically
 
 MODEL_FORMAT = "sr4zct-model-1"
 ACQUISITION_MATCH_MM = 0.05  # a saved model is reused only for an acquisition this close to its own
@@ -55,9 +56,7 @@ class TrainedModel:
 
     def save(self, path: str | Path) -> Path:
         """Write atomically (temporary file, then rename)."""
-        path = Path(path)
-        temporary = path.with_name(f".{path.name}.partial")
-        torch.save({
+        bundle = {
             "format": MODEL_FORMAT,
             "architecture": self.architecture,
             "network_options": self.network_options,
@@ -66,9 +65,8 @@ class TrainedModel:
             "grid_spacing_mm": self.grid_spacing_mm,
             "normalisation": self.normalisation.as_dict(),
             "metrics": {k: v for k, v in self.metrics.items() if k != "history"},
-        }, temporary)
-        temporary.replace(path)
-        return path
+        }
+        return write_atomically(path, lambda name: torch.save(bundle, name))
 
     @classmethod
     def load(cls, path: str | Path) -> "TrainedModel":

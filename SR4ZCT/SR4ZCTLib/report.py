@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from .forward import linear_interpolation_matrix
 from .volume import ThroughPlaneGeometry, Volume
-from .volume_io import publish
+from .volume_io import write_atomically
 
 DISPLAY_WINDOW_HU = (-1000.0, 600.0)
 
@@ -33,18 +31,6 @@ def comparison_planes(volume: Volume, geometry: ThroughPlaneGeometry, enhanced: 
     enhanced_planes = _central_planes(result)
     return {view: {"as acquired": measured[nearest], "linear": linear @ measured, "SR4ZCT": enhanced_planes[view]}
             for view, measured in _central_planes(stack).items()}
-
-
-def _write_atomically(path: Path, write) -> None:
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial" + path.suffix, dir=path.parent)
-    os.close(handle)
-    try:
-        write(temporary)
-        publish(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
 
 
 def write_report(folder: str | Path, volume: Volume, geometry: ThroughPlaneGeometry, enhanced: Volume,
@@ -80,8 +66,8 @@ def write_report(folder: str | Path, volume: Volume, geometry: ThroughPlaneGeome
     figure.tight_layout()
     png, json_path = folder / "report.png", folder / "metrics.json"
     try:
-        _write_atomically(png, lambda name: figure.savefig(name, dpi=90, format="png"))
+        write_atomically(png, lambda name: figure.savefig(name, dpi=90, format="png"))
     finally:
         plt.close(figure)
-    _write_atomically(json_path, lambda name: Path(name).write_text(json.dumps(metrics, indent=2, default=float)))
+    write_atomically(json_path, lambda name: Path(name).write_text(json.dumps(metrics, indent=2, default=float)))
     return [png, json_path]

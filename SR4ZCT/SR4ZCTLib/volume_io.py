@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -196,11 +196,17 @@ def write_volume(volume: Volume, path: str | os.PathLike, overwrite: bool = Fals
     image.SetSpacing([float(s) for s in volume.spacing])
     image.SetOrigin([float(v) for v in volume.origin])
     image.SetDirection([float(v) for v in volume.directions.ravel()])
-    suffix = _suffix(path)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".partial{suffix}", dir=path.resolve().parent)
+    return write_atomically(path, lambda name: sitk.WriteImage(image, name, useCompression=True))
+
+
+def write_atomically(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+    """Call write(temporary name) beside path, then rename into place; on any failure remove the temporary."""
+    path = Path(path)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".partial{_suffix(path)}",
+                                         dir=path.resolve().parent)
     os.close(handle)
     try:
-        sitk.WriteImage(image, temporary, useCompression=True)
+        write(temporary)
         publish(temporary, path)
     except BaseException:
         if os.path.exists(temporary):
