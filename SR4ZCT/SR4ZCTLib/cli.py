@@ -233,6 +233,7 @@ def _enhance(args) -> int:
 
 
 def _simulate(args) -> int:
+    from .enhance import to_output_type
     from .forward import simulate_thick_slices
     from .volume import Volume, check_orthogonal, check_volume_shape, through_plane_axis
     from .volume_io import check_output_path, read_volume, write_volume
@@ -247,11 +248,7 @@ def _simulate(args) -> int:
     if args.increment < spacing:
         raise InputError(f"increment {args.increment:g} mm is finer than the input's slice spacing {spacing:g} mm; "
                          "simulate from a thinner-slice volume")
-    thick = simulate_thick_slices(volume.array, 2 - axis, spacing, acquisition).numpy()
-    if np.issubdtype(volume.array.dtype, np.integer):
-        thick = np.clip(np.round(thick), -32768, 32767).astype(np.int16)
-    else:
-        thick = thick.astype(np.float32)
+    thick = to_output_type(simulate_thick_slices(volume.array, 2 - axis, spacing, acquisition), volume.array.dtype)
     matrix = volume.ijk_to_world.copy()
     matrix[:3, axis] = volume.directions[:, axis] * args.increment
     write_volume(Volume(thick, matrix), output, overwrite=args.overwrite)

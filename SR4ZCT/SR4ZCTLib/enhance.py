@@ -166,7 +166,7 @@ def enhance(
     if abs(target - grid_spacing) > 1e-9:
         enhanced = resample_along_axis0(enhanced, grid_spacing, target)
     timings["inference_s"] = time.perf_counter() - inference_started
-    output_array = _to_output_type(enhanced, volume.array.dtype)
+    output_array = to_output_type(enhanced, volume.array.dtype)
     del enhanced
     output = Volume(
         array=np.ascontiguousarray(np.moveaxis(output_array, 0, array_axis)),
@@ -198,13 +198,14 @@ def _in_plane_spacing_for_stack(volume: Volume, axis: int) -> tuple[float, float
     return float(spacing[in_plane_ijk[0]]), float(spacing[in_plane_ijk[1]])
 
 
-def _to_output_type(values: torch.Tensor, input_dtype: np.dtype) -> np.ndarray:
+def to_output_type(values: torch.Tensor, input_dtype: np.dtype) -> np.ndarray:
+    """The documented output type: int16 HU (rounded, clipped) for integer inputs, float32 otherwise."""
     if np.issubdtype(input_dtype, np.integer):
         result = np.empty(values.shape, dtype=np.int16)
         for start in range(0, values.shape[0], 32):
             result[start:start + 32] = torch.round(values[start:start + 32]).clamp(-32768, 32767).numpy()
         return result
-    return values.numpy()
+    return values.to(torch.float32).numpy()
 
 
 def linear_baseline(volume: Volume, geometry: ThroughPlaneGeometry, target_spacing_mm: Optional[float] = None,
@@ -216,7 +217,7 @@ def linear_baseline(volume: Volume, geometry: ThroughPlaneGeometry, target_spaci
     identity = Normalisation(offset=0.0, scale=1.0, kind="identity")
     values = enhance_stack(stack, geometry.acquisition, target, None, identity.forward, identity.inverse,
                            torch.device("cpu"), consistency_iterations=consistency_iterations)
-    return Volume(np.ascontiguousarray(np.moveaxis(_to_output_type(values, volume.array.dtype), 0, geometry.array_axis)),
+    return Volume(np.ascontiguousarray(np.moveaxis(to_output_type(values, volume.array.dtype), 0, geometry.array_axis)),
                   enhanced_matrix(volume, geometry.axis, target), source=volume.source)
 
 
