@@ -7,6 +7,7 @@ nothing is left behind: every output is written to a temporary file and renamed 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import signal
 import sys
@@ -57,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_acquisition_arguments(enhance)
     _add_run_arguments(enhance)
     enhance.add_argument("--target-spacing", type=_positive_float, help="output slice spacing in mm (default: in-plane)")
+    enhance.add_argument("--axis", choices=("i", "j", "k"),
+                         help="through-plane voxel axis (default: the DICOM slice normal, else the coarsest spacing)")
     enhance.add_argument("--save-model", help="write the trained model here (reuse it with --model)")
     enhance.add_argument("--model", help="use this trained model instead of training (same protocol only)")
     enhance.add_argument("--report", help="folder for report.png and metrics.json")
@@ -109,7 +112,11 @@ class _ProgressPrinter:
             sys.stderr.write(json.dumps(progress.as_dict(), default=float) + "\n")
             sys.stderr.flush()
         elif self.style == "bar":
-            from tqdm import tqdm
+            try:
+                from tqdm import tqdm
+            except ImportError:  # e.g. Slicer's Python ships no tqdm: one plain line per stage and tenth
+                self._plain_line(progress)
+                return
 
             if progress.stage != self.stage:
                 self.close()
@@ -119,6 +126,12 @@ class _ProgressPrinter:
             self.bar.set_postfix_str(progress.message[:90], refresh=False)
             self.bar.update(int(round(progress.fraction * 1000)) - self.bar.n)  # redraws at most every 0.1 s
 
+    def _plain_line(self, progress: Progress) -> None:
+        tenth = (progress.stage, int(progress.fraction * 10))
+        if tenth != self.stage:
+            self.stage = tenth
+            sys.stderr.write(f"{progress.stage}: {100 * progress.fraction:3.0f}% {progress.message[:90]}\n")
+
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
@@ -126,11 +139,16 @@ class _ProgressPrinter:
 
 
 def _read_geometry(args):
-    from .volume import read_through_plane_geometry
+    from .volume import AXIS_NAMES, read_through_plane_geometry
     from .volume_io import read_volume
 
     volume = read_volume(args.input)
+    axis = getattr(args, "axis", None)
+    if axis is not None:  # the caller knows the slice axis (the Slicer module passes the one its panel showed)
+        volume.slice_axis = AXIS_NAMES.index(axis)
     geometry, notes = read_through_plane_geometry(volume, args.thickness, args.increment, getattr(args, "profile", "box"))
+    if axis is not None:
+        geometry = dataclasses.replace(geometry, axis_source="user")
     return volume, geometry, notes
 
 

@@ -29,7 +29,7 @@ from .intensity import check_intensities
 from .memory import check_memory, estimate_memory_bytes
 from .mrml import DicomValueLookup, lps_to_ras, node_from_volume, volume_from_node, write_node
 from .progress import Progress
-from .volume import read_through_plane_geometry
+from .volume import AXIS_NAMES, read_through_plane_geometry
 from .volume_io import read_volume
 
 LIBRARY_PARENT = str(Path(__file__).resolve().parent.parent)  # the folder holding SR4ZCTLib
@@ -128,6 +128,7 @@ class EnhanceJob:
         self._lines: "queue.Queue[Optional[str]]" = queue.Queue()
         self._folder: Optional[Path] = None
         self._reader_done = False
+        self._reader_error: Optional[str] = None
 
     # -- start ---------------------------------------------------------------------------------
     def start(self) -> "EnhanceJob":
@@ -142,9 +143,6 @@ class EnhanceJob:
         grid = min(geometry.in_plane_spacing_mm)
         check_memory(estimate_memory_bytes(volume.array.shape, geometry.array_axis, geometry.acquisition.increment_mm,
                                            grid, self.request.target_spacing_mm or grid), self.request.force)
-        if geometry.axis != 2:
-            raise InputError("the slices of this volume run along its i or j axis; reorient it so that k is "
-                             "through-plane (Transforms, Harden) or use the sr4zct command line")
         for note in notes:
             self._log(f"warning: {note}")
         self._folder = Path(tempfile.mkdtemp(prefix="SR4ZCT-"))
@@ -152,14 +150,16 @@ class EnhanceJob:
             source = self._folder / "input.nrrd"
             write_node(self.input_node, str(source))
             command = [self.python, "-m", "SR4ZCTLib.cli", "enhance", str(source), "-o", str(self._folder / "output.nrrd"),
-                       "--progress", "json", *self.request.arguments(geometry.acquisition.thickness_mm,
-                                                                   geometry.acquisition.increment_mm)]
+                       "--progress", "json", "--axis", AXIS_NAMES[geometry.axis],  # the panel's axis, not a re-guess
+                       *self.request.arguments(geometry.acquisition.thickness_mm, geometry.acquisition.increment_mm)]
             environment = dict(os.environ)
             environment["PYTHONPATH"] = os.pathsep.join(filter(None, [LIBRARY_PARENT, environment.get("PYTHONPATH")]))
             environment["PYTHONUNBUFFERED"] = "1"
+            environment["PYTHONIOENCODING"] = "utf-8"
             self._process = subprocess.Popen(
-                command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
-                bufsize=1, env=environment, cwd=str(self._folder), start_new_session=(os.name == "posix"),
+                command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                encoding="utf-8", errors="replace", bufsize=1, env=environment, cwd=str(self._folder),
+                start_new_session=(os.name == "posix"),
             )
         except BaseException:
             self._remove_folder()
@@ -171,10 +171,15 @@ class EnhanceJob:
         return self
 
     def _read_output(self) -> None:
-        assert self._process is not None and self._process.stdout is not None
-        for line in self._process.stdout:
-            self._lines.put(line.rstrip("\n"))
-        self._lines.put(None)
+        """Queue the worker's lines; always ends with None, so poll() always sees the end (a failure is kept)."""
+        try:
+            assert self._process is not None and self._process.stdout is not None
+            for line in self._process.stdout:
+                self._lines.put(line.rstrip("\n"))
+        except BaseException as error:
+            self._reader_error = f"reading the SR4ZCT worker's output failed: {error}"
+        finally:
+            self._lines.put(None)
 
     def _log(self, line: str) -> None:
         if self.on_log is not None:
@@ -198,6 +203,8 @@ class EnhanceJob:
                 self._reader_done = True
                 break
             self._handle_line(line)
+        if self._reader_error is not None and self._process is not None and self._process.poll() is None:
+            kill_process_tree(self._process)  # nobody reads its output any more: it would block on a full pipe
         if self._reader_done and self._process is not None and self._process.poll() is not None:
             self._finish(self._process.returncode)
         return self.running
@@ -241,6 +248,10 @@ class EnhanceJob:
         try:
             if self.state == JobState.CANCEL_REQUESTED or return_code == 130:
                 self.state = JobState.CANCELLED
+                return
+            if self._reader_error is not None:
+                self.state = JobState.FAILED
+                self.error = self._reader_error
                 return
             if return_code != 0:
                 self.state = JobState.FAILED

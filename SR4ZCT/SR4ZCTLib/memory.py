@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
-
-import psutil
+import os
+from typing import Optional, Sequence
 
 from .errors import ResourceError
 
@@ -29,9 +28,50 @@ def estimate_memory_bytes(shape: Sequence[int], array_axis: int, increment_mm: f
     return 4 * (floats + banks) + 300 * 2**20  # plus torch's own working set
 
 
+def available_memory_bytes() -> Optional[int]:
+    """Memory a new process can use: psutil where installed (Slicer ships none), else the OS's own figure; None if unknown."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        pass
+    if os.name == "nt":
+        return _windows_available_memory()
+    try:
+        with open("/proc/meminfo") as meminfo:  # Linux: MemAvailable counts reclaimable caches, as psutil does
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):  # e.g. macOS has no SC_AVPHYS_PAGES
+        return None
+
+
+def _windows_available_memory() -> Optional[int]:
+    """ullAvailPhys from GlobalMemoryStatusEx (what psutil reports on Windows)."""
+    import ctypes
+
+    class MemoryStatus(ctypes.Structure):
+        _fields_ = [("dwLength", ctypes.c_ulong), ("dwMemoryLoad", ctypes.c_ulong)] + [
+            (name, ctypes.c_ulonglong) for name in ("ullTotalPhys", "ullAvailPhys", "ullTotalPageFile",
+                                                    "ullAvailPageFile", "ullTotalVirtual", "ullAvailVirtual",
+                                                    "ullAvailExtendedVirtual")]
+
+    status = MemoryStatus()
+    status.dwLength = ctypes.sizeof(MemoryStatus)
+    if not ctypes.windll.kernel32.GlobalMemoryStatusEx(ctypes.byref(status)):
+        return None
+    return int(status.ullAvailPhys)
+
+
 def check_memory(needed: int, force: bool) -> None:
-    available = psutil.virtual_memory().available
-    if needed > available and not force:
+    """Refuse a run that would need more memory than is available (unless forced, or the figure is unknown)."""
+    available = available_memory_bytes()
+    if available is not None and needed > available and not force:
         raise ResourceError(
             f"enhancing this volume needs about {needed / 2**30:.1f} GiB of memory but {available / 2**30:.1f} GiB is "
             "available; crop the volume to the region you need, close other programs, or pass --force to try anyway"

@@ -21,11 +21,11 @@ DicomValueLookup = Callable[[str], Optional[str]]
 
 
 def slicer_dicom_lookup() -> Optional[DicomValueLookup]:
-    """The SliceThickness lookup through Slicer's DICOM database, or None where there is none (slicer-core)."""
+    """The SliceThickness lookup through Slicer's DICOM database, or None where there is none or it is closed."""
     import slicer
 
     database = getattr(slicer, "dicomDatabase", None)
-    if database is None:
+    if database is None or not database.isOpen:  # a closed database answers every query with a logged SQL error
         return None
 
     def lookup(uid: str) -> Optional[str]:
@@ -92,7 +92,8 @@ def set_ijk_to_ras(node, matrix: np.ndarray) -> None:
 def node_from_volume(volume: Volume, scene, name: str, reference=None, output_node=None):
     """Put a RAS Volume into output_node, or a new scalar volume node added to the scene; returns the node.
 
-    Display settings (window/level) follow the reference node so the result looks like the input.
+    The result goes under the reference's parent transform (its geometry is in the reference's own frame, as
+    the worker saw it), and its window/level follows the reference's, so it lies and looks like the input.
     """
     import slicer.util
 
@@ -104,6 +105,8 @@ def node_from_volume(volume: Volume, scene, name: str, reference=None, output_no
         if output_node is None:  # leave no half-made node behind
             scene.RemoveNode(node)
         raise
+    if reference is not None:
+        node.SetAndObserveTransformNodeID(reference.GetTransformNodeID())
     if node.GetDisplayNode() is None:
         node.CreateDefaultDisplayNodes()
     reference_display = reference.GetDisplayNode() if reference is not None else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -33,16 +34,28 @@ def comparison_planes(volume: Volume, geometry: ThroughPlaneGeometry, enhanced: 
             for view, measured in _central_planes(stack).items()}
 
 
+def _write_metrics(path: Path, metrics: dict) -> None:
+    write_atomically(path, lambda name: Path(name).write_text(json.dumps(metrics, indent=2, default=float)))
+
+
 def write_report(folder: str | Path, volume: Volume, geometry: ThroughPlaneGeometry, enhanced: Volume,
                  metrics: dict) -> list[Path]:
-    """Write report.png and metrics.json into folder (created if needed); returns the paths written."""
-    import matplotlib
+    """Write report.png and metrics.json into folder (created if needed); returns the paths written.
 
+    Without matplotlib (Slicer's Python ships none) only metrics.json is written, with a warning.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    json_path = folder / "metrics.json"
+    try:
+        import matplotlib
+    except ImportError:
+        sys.stderr.write("warning: matplotlib is not installed, so report.png was not written (pip install matplotlib)\n")
+        _write_metrics(json_path, metrics)
+        return [json_path]
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     planes = comparison_planes(volume, geometry, enhanced)
     in_plane = min(geometry.in_plane_spacing_mm)
     z_step = float(enhanced.spacing[geometry.axis])
@@ -64,10 +77,10 @@ def write_report(folder: str | Path, volume: Volume, geometry: ThroughPlaneGeome
                      f"vs linear {training['validation_linear_psnr_db']:.2f} dB")
     figure.suptitle(f"SR4ZCT\n{subtitle}", fontsize=11)
     figure.tight_layout()
-    png, json_path = folder / "report.png", folder / "metrics.json"
+    png = folder / "report.png"
     try:
         write_atomically(png, lambda name: figure.savefig(name, dpi=90, format="png"))
     finally:
         plt.close(figure)
-    write_atomically(json_path, lambda name: Path(name).write_text(json.dumps(metrics, indent=2, default=float)))
+    _write_metrics(json_path, metrics)
     return [png, json_path]
