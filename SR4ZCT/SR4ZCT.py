@@ -1,5 +1,9 @@
+import importlib
+import importlib.metadata
+import importlib.util
 import logging
 import os
+import re
 import shutil
 import sys
 import time
@@ -40,7 +44,7 @@ class SR4ZCT(ScriptedLoadableModule):
 Makes thick-slice CT sharper through-plane (coronal and sagittal views) with no training data but the scan
 itself: a network learns, from the scan's own sharp axial images, to undo a simulation of exactly this scan's
 slice thickness, increment and overlap, then enhances every coronal and sagittal slice.
-See the <a href="https://github.com/SR4ZCT/SlicerSR4ZCT#readme">documentation</a>.
+The documentation is the README.md file shipped with the extension's source.
 """)
         self.parent.acknowledgementText = _("""
 Method: J. Shi, D. M. Pelt, K. J. Batenburg, "SR4ZCT: Self-supervised Through-plane Resolution Enhancement for
@@ -52,6 +56,9 @@ Sample data: Lung-PET-CT-Dx (TCIA, CC BY 4.0).
 #
 # SR4ZCTParameterNode
 #
+
+THICKNESS_RANGE_MM = (0.01, 50.0)  # thickness and increment fields; values read from a volume are clamped to it
+MINIMUM_TORCH_VERSION = "2.1"
 
 
 @parameterNodeWrapper
@@ -69,11 +76,13 @@ class SR4ZCTParameterNode:
     iterations - Training iterations; 0 means the preset's.
     seed - Random seed (CPU runs are reproducible).
     outputVolume - Where the result goes; none creates a new node.
+    acquisitionVolume - The input that thickness and increment were filled from (saved with the scene, so a
+        reloaded scene keeps the user's values).
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
-    thicknessMm: Annotated[float, WithinRange(0.01, 50.0)] = 1.0
-    incrementMm: Annotated[float, WithinRange(0.01, 50.0)] = 1.0
+    thicknessMm: Annotated[float, WithinRange(*THICKNESS_RANGE_MM)] = 1.0
+    incrementMm: Annotated[float, WithinRange(*THICKNESS_RANGE_MM)] = 1.0
     profile: Annotated[str, Choice(["box", "gaussian"])] = "box"
     preset: Annotated[str, Choice(["fast", "paper"])] = "fast"
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
@@ -81,6 +90,7 @@ class SR4ZCTParameterNode:
     iterations: Annotated[int, WithinRange(0, 1000000)] = 0
     seed: Annotated[int, WithinRange(0, 2147483647)] = 0
     outputVolume: vtkMRMLScalarVolumeNode
+    acquisitionVolume: vtkMRMLScalarVolumeNode
 
 
 #
@@ -100,7 +110,8 @@ class SR4ZCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._job = None
         self._timer = None
-        self._observedInput = None
+        self._observedInput = None  # the input the labels describe
+        self._acquisition = None  # what readAcquisition said about it (or why it cannot be used)
 
     def setup(self) -> None:
         """Called when the user opens the module the first time and the widget is initialized."""
@@ -120,13 +131,11 @@ class SR4ZCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
 
-        # Buttons and derived read-outs
+        # Buttons; the read-outs follow the parameter node (onParameterNodeModified), never a widget's signal:
+        # a slot on a widget signal runs before the node has the widget's new value.
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
-        self.ui.inputSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onInputVolumeChanged)
-        self.ui.thicknessSpinBox.connect("valueChanged(double)", self.updateOverlapLabel)
-        self.ui.incrementSpinBox.connect("valueChanged(double)", self.updateOverlapLabel)
         self.ui.progressBar.setVisible(False)
-        self.ui.deviceStatusLabel.text = self.logic.deviceDescription()
+        self.ui.deviceStatusLabel.text = self.logic.torchDescription()  # no torch import: the panel opens without it
 
         self._timer = qt.QTimer()
         self._timer.setInterval(300)
@@ -153,7 +162,7 @@ class SR4ZCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
 
     def onSceneStartClose(self, caller, event) -> None:
         """Called just before the scene is closed."""
@@ -177,17 +186,57 @@ class SR4ZCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self._parameterNode.inputVolume = firstVolumeNode
 
     def setParameterNode(self, inputParameterNode: Optional[SR4ZCTParameterNode]) -> None:
-        """Set and observe parameter node; the GUI follows it through connectGui."""
+        """Set and observe parameter node; the GUI follows it through connectGui, the read-outs through its observer."""
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+            if self.hasObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified):
+                self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
         self._parameterNode = inputParameterNode
+        self._observedInput, self._acquisition = None, None
         if self._parameterNode:
             # Note: in the .ui file, a Qt dynamic property called "SlicerParameterName" is set on each
             # ui element that needs connection.
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-            self._checkCanApply()
+            # Observed after connectGui, so the widgets already show the node's values when this runs.
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
+            self.onParameterNodeModified()
+        else:
+            self._updateReadouts()
+
+    def onParameterNodeModified(self, caller=None, event=None) -> None:
+        """A new input (picked, or set from Python) fills thickness and increment; the read-outs follow the node."""
+        parameters = self._parameterNode
+        if parameters is None:
+            return
+        inputVolume = parameters.inputVolume
+        if inputVolume is not self._observedInput:
+            self._observedInput = inputVolume
+            self._acquisition = self.logic.readAcquisition(inputVolume) if inputVolume else None
+            if (isinstance(self._acquisition, dict)
+                    and _nodeID(parameters.acquisitionVolume) != _nodeID(inputVolume)):  # not for a reloaded scene
+                with slicer.util.NodeModify(parameters):  # one Modified event, which calls this again
+                    parameters.thicknessMm = self._acquisition["thickness_mm"]
+                    parameters.incrementMm = self._acquisition["increment_mm"]
+                    parameters.acquisitionVolume = inputVolume
+        self._updateReadouts()
+        self._checkCanApply()
+
+    def _updateReadouts(self) -> None:
+        """In-plane spacing, overlap, and where thickness and increment came from."""
+        parameters, acquisition = self._parameterNode, self._acquisition
+        if parameters is None or not parameters.inputVolume:
+            self.ui.inPlaneSpacingLabel.text = "-"
+            self.ui.sourcesLabel.text = "-"
+        elif not isinstance(acquisition, dict):
+            self.ui.inPlaneSpacingLabel.text = "-"
+            self.ui.sourcesLabel.text = _("Cannot use this volume: {error}").format(error=acquisition)
+        else:
+            spacing = acquisition["in_plane_spacing_mm"]
+            self.ui.inPlaneSpacingLabel.text = f"{spacing[0]:.3f} x {spacing[1]:.3f} mm"
+            sources = [_sourceText(name, value, acquisition[f"{name}_mm"], acquisition[f"{name}_source"])
+                       for name, value in (("thickness", parameters.thicknessMm), ("increment", parameters.incrementMm))]
+            self.ui.sourcesLabel.text = "\n".join([", ".join(sources)] + acquisition["warnings"])
+        self.updateOverlapLabel()
 
     def _checkCanApply(self, caller=None, event=None) -> None:
         if self._job is not None and self._job.running:
@@ -203,31 +252,12 @@ class SR4ZCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.applyButton.toolTip = _("Select an input volume")
             self.ui.applyButton.enabled = False
 
-    def onInputVolumeChanged(self, node) -> None:
-        """Fill spacing, increment and thickness from the selected volume (DICOM where it came from DICOM)."""
-        if node is None or self._parameterNode is None:
-            self.ui.inPlaneSpacingLabel.text = "-"
-            self.ui.sourcesLabel.text = "-"
+    def updateOverlapLabel(self) -> None:
+        """Overlap (or gap) that the parameter node's thickness and increment imply."""
+        if self._parameterNode is None:
+            self.ui.overlapLabel.text = "-"
             return
-        try:
-            acquisition = self.logic.readAcquisition(node)
-        except Exception as error:  # shown, not raised: the user may pick another volume
-            self.ui.sourcesLabel.text = _("Cannot use this volume: {error}").format(error=error)
-            return
-        with slicer.util.NodeModify(self._parameterNode):
-            self._parameterNode.thicknessMm = acquisition["thickness_mm"]
-            self._parameterNode.incrementMm = acquisition["increment_mm"]
-        spacing = acquisition["in_plane_spacing_mm"]
-        self.ui.inPlaneSpacingLabel.text = f"{spacing[0]:.3f} x {spacing[1]:.3f} mm"
-        self.ui.sourcesLabel.text = _("thickness: {thickness}, increment: {increment}").format(
-            thickness=acquisition["thickness_source"], increment=acquisition["increment_source"])
-        if acquisition["warnings"]:
-            self.ui.sourcesLabel.text += "\n" + "\n".join(acquisition["warnings"])
-        self.updateOverlapLabel()
-
-    def updateOverlapLabel(self, value=None) -> None:
-        thickness, increment = self.ui.thicknessSpinBox.value, self.ui.incrementSpinBox.value
-        overlap = thickness - increment
+        overlap = self._parameterNode.thicknessMm - self._parameterNode.incrementMm
         self.ui.overlapLabel.text = (_("{value:.3f} mm overlap").format(value=overlap) if overlap >= 0
                                      else _("{value:.3f} mm gap (information in the gaps is lost)").format(value=-overlap))
 
@@ -239,7 +269,10 @@ class SR4ZCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         with slicer.util.tryWithErrorDisplay(_("Failed to start SR4ZCT."), waitCursor=True):
             if not self.logic.setupPythonRequirements():
+                self.ui.statusLabel.text = _("Cancelled: the required Python packages are not installed; "
+                                             "nothing was started.")
                 return
+            self.ui.deviceStatusLabel.text = self.logic.deviceDescription()
             parameters = self._parameterNode
             self.ui.metricsLabel.text = ""
             self._job = self.logic.process(
@@ -277,12 +310,29 @@ class SR4ZCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if job.result_node is not None:
             self.ui.statusLabel.text = _("Done.")
             self.ui.metricsLabel.text = self.logic.describeMetrics(job.metrics)
+            if job.metrics.get("device"):
+                self.ui.deviceStatusLabel.text = _("{device} (last run)").format(device=job.metrics["device"])
             self.logic.showSideBySide(job.input_node, job.result_node)
         elif state == "cancelled":
             self.ui.statusLabel.text = _("Cancelled: nothing was added.")
         else:
             self.ui.statusLabel.text = _("Failed: {error}").format(error=job.error)
             slicer.util.errorDisplay(_("SR4ZCT failed: {error}").format(error=job.error))
+
+
+def _nodeID(node) -> Optional[str]:
+    return node.GetID() if node else None
+
+
+def _versionTuple(version: str) -> tuple:
+    """(major, minor) of a version such as '2.1.0+cu121'."""
+    return tuple(int(part) for part in re.findall(r"\d+", version.split("+")[0])[:2])
+
+
+def _sourceText(name: str, value: float, filled: float, source: str) -> str:
+    """'thickness: dicom', or 'thickness: your value' once it differs from what the volume said."""
+    edited = abs(value - filled) > 5e-4
+    return _("{name}: {source}").format(name=_(name), source=_("your value") if edited else source)
 
 
 #
@@ -306,67 +356,108 @@ class SR4ZCTLogic(ScriptedLoadableModuleLogic):
 
     # -- requirements --------------------------------------------------------------------------------------------
     def setupPythonRequirements(self, askConfirmation: bool = True) -> bool:
-        """Make torch (through the PyTorch extension) and the small pure-Python requirements importable."""
-        if not self.importTorch(askConfirmation):
+        """Make torch (PyTorch extension) and Resources/requirements.txt importable; False if the user said no."""
+        if not self.setupTorch(askConfirmation):
             return False
-        import importlib.util
-
-        requirements = os.path.join(os.path.dirname(__file__), "Resources", "requirements.txt")
-        with open(requirements) as lines:
-            names = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
-        missing = [name for name in names if importlib.util.find_spec(name) is None]
+        missing = self.missingRequirements()
         if missing:
             if askConfirmation and not slicer.util.confirmOkCancelDisplay(
                     _("SR4ZCT needs these Python packages: {names}. Install them now?").format(names=", ".join(missing))):
                 return False
             slicer.util.pip_install(" ".join(missing))
+            importlib.invalidate_caches()  # let this process find what was just installed
+            stillMissing = self.missingRequirements()
+            if stillMissing:
+                raise RuntimeError(_("Installing {names} failed; see the Python console.").format(
+                    names=", ".join(stillMissing)))
         return True
 
-    def importTorch(self, askConfirmation: bool = True):
-        """torch from the PyTorch extension (PyTorchUtils); never pip-installed by this module."""
+    @staticmethod
+    def missingRequirements() -> list[str]:
+        """The requirements (Resources/requirements.txt) that this Python cannot import."""
+        requirements = os.path.join(os.path.dirname(__file__), "Resources", "requirements.txt")
+        with open(requirements) as lines:
+            names = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+        return [name for name in names if importlib.util.find_spec(re.split(r"[<>=!~;\[ ]", name)[0]) is None]
+
+    def setupTorch(self, askConfirmation: bool = True) -> bool:
+        """torch from the PyTorch extension (PyTorchUtils), asked for once; False if the user cancelled."""
         try:
             import PyTorchUtils
         except ModuleNotFoundError:
             raise RuntimeError(_("SR4ZCT needs the PyTorch extension: install 'PyTorch' from the Extensions "
                                  "Manager, restart Slicer, and try again."))
         torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-        if not torchLogic.torchInstalled():
-            if askConfirmation and not slicer.util.confirmOkCancelDisplay(
-                    _("SR4ZCT needs PyTorch. Install it now through the PyTorch extension (a large download)?")):
-                return None
-            torch = torchLogic.installTorch(askConfirmation=askConfirmation, torchVersionRequirement=">=2.1")
-            if torch is None:
-                raise RuntimeError(_("PyTorch could not be installed; see the PyTorch extension's documentation."))
-            return torch
-        import torch
+        if torchLogic.torchInstalled():
+            self.checkTorchVersion()
+            return True
+        if askConfirmation and not slicer.util.confirmOkCancelDisplay(
+                _("SR4ZCT needs PyTorch. Install it now through the PyTorch extension (a large download)?")):
+            return False
+        # Our dialog was the one question: PyTorchUtils must not ask again (its own cancel returns None).
+        torch = torchLogic.installTorch(askConfirmation=False, torchVersionRequirement=f">={MINIMUM_TORCH_VERSION}")
+        if torch is None:
+            raise RuntimeError(_("PyTorch could not be installed; see the PyTorch extension's documentation."))
+        importlib.invalidate_caches()
+        return True
 
-        return torch
+    @staticmethod
+    def checkTorchVersion() -> None:
+        """Refuse a PyTorch older than MINIMUM_TORCH_VERSION, saying how to replace it (read without importing it)."""
+        try:
+            version = importlib.metadata.version("torch")
+        except importlib.metadata.PackageNotFoundError:
+            return
+        if _versionTuple(version) < _versionTuple(MINIMUM_TORCH_VERSION):
+            raise RuntimeError(_(
+                "PyTorch {version} is installed but SR4ZCT needs {minimum} or newer. In the PyTorch Utils module, "
+                "uninstall PyTorch, restart Slicer, and install it with the version requirement '>={minimum}'.").format(
+                version=version, minimum=MINIMUM_TORCH_VERSION))
+
+    @staticmethod
+    def torchDescription() -> str:
+        """Whether PyTorch is installed, without importing it (a broken install must not break the panel)."""
+        try:
+            version = importlib.metadata.version("torch")
+        except importlib.metadata.PackageNotFoundError:
+            return _("PyTorch not installed yet (installed on first Apply)")
+        return _("PyTorch {version}; the device is detected on Apply").format(version=version)
 
     def deviceDescription(self) -> str:
-        """What a run with device 'auto' would use, without importing torch if it is not there yet."""
-        import importlib.util
+        """What a run with device 'auto' would use (imports torch: called on Apply, after the requirements)."""
+        try:
+            from SR4ZCTLib.device import resolve_device
 
-        if importlib.util.find_spec("torch") is None:
-            return _("PyTorch not installed yet (installed on first Apply)")
-        from SR4ZCTLib.device import resolve_device
-
-        return resolve_device("auto")[1]
+            return resolve_device("auto")[1]
+        except Exception as error:  # shown, not raised: the run itself reports what goes wrong
+            return _("PyTorch cannot be loaded here: {error}").format(error=error)
 
     # -- geometry ------------------------------------------------------------------------------------------------
-    def readAcquisition(self, inputVolume) -> dict:
-        """In-plane spacing, increment, thickness (DICOM SliceThickness when loaded from DICOM), their sources."""
+    def readAcquisition(self, inputVolume):
+        """In-plane spacing, increment, thickness (DICOM SliceThickness when loaded from DICOM), their sources;
+        values outside the panel's range are clamped, with a warning. A volume that cannot be used: the reason (str).
+        """
         from SR4ZCTLib.mrml import node_geometry, slicer_dicom_lookup
 
-        geometry, warnings = node_geometry(inputVolume, lookup=slicer_dicom_lookup())
-        return {
+        try:
+            geometry, warnings = node_geometry(inputVolume, lookup=slicer_dicom_lookup())
+        except Exception as error:  # shown in the panel, not raised: the user may pick another volume
+            return str(error)
+        acquisition = {
             "in_plane_spacing_mm": geometry.in_plane_spacing_mm,
-            "thickness_mm": geometry.acquisition.thickness_mm,
-            "increment_mm": geometry.acquisition.increment_mm,
-            "overlap_mm": geometry.acquisition.overlap_mm,
             "thickness_source": geometry.thickness_source,
             "increment_source": geometry.increment_source,
-            "warnings": warnings,
+            "warnings": list(warnings),
         }
+        low, high = THICKNESS_RANGE_MM
+        for name, value in (("thickness", geometry.acquisition.thickness_mm),
+                            ("increment", geometry.acquisition.increment_mm)):
+            acquisition[f"{name}_mm"] = min(max(value, low), high)
+            if acquisition[f"{name}_mm"] != value:
+                acquisition["warnings"].append(_("{name} {value:g} mm is outside {low:g}-{high:g} mm: set to {clamped:g} mm; "
+                                                 "check it").format(name=name, value=value, low=low, high=high,
+                                                                    clamped=acquisition[f"{name}_mm"]))
+        return acquisition
 
     # -- processing ----------------------------------------------------------------------------------------------
     def process(self, inputVolume, outputVolume=None, thicknessMm: Optional[float] = None,
@@ -453,10 +544,11 @@ class SR4ZCTTest(ScriptedLoadableModuleTest):
 
     def test_SR4ZCT1(self):
         """Enhance a small synthetic 3 mm / 2 mm volume and check geometry and that it is not plain interpolation."""
-        import importlib.util
-
-        if importlib.util.find_spec("torch") is None:
-            self.delayDisplay("PyTorch is not installed: test skipped (install the PyTorch extension to run it)")
+        logic = SR4ZCTLogic()
+        try:  # installs what is missing, as Apply does (without asking: this is a test)
+            logic.setupPythonRequirements(askConfirmation=False)
+        except RuntimeError as error:  # e.g. the PyTorch extension is not installed
+            self.delayDisplay(f"Test skipped: {error}")
             return
         import numpy as np
 
@@ -475,7 +567,6 @@ class SR4ZCTTest(ScriptedLoadableModuleTest):
         inputBefore = slicer.util.arrayFromVolume(inputVolume).copy()
         volumesBefore = slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")
 
-        logic = SR4ZCTLogic()
         outputVolume = logic.process(inputVolume, thicknessMm=3.0, iterations=30, device="cpu")
 
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode"), volumesBefore + 1)
