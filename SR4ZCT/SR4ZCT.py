@@ -110,7 +110,8 @@ class SR4ZCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._job = None
         self._timer = None
-        self._observedInput = None  # the input the labels describe
+        self._observedInput = None  # the input the read-outs describe (observed: it may get its voxels later)
+        self._observedInputState = None  # its grid and DICOM link when last read
         self._acquisition = None  # what readAcquisition said about it (or why it cannot be used)
 
     def setup(self) -> None:
@@ -192,16 +193,26 @@ class SR4ZCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if self.hasObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified):
                 self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
         self._parameterNode = inputParameterNode
-        self._observedInput, self._acquisition = None, None
+        self._observeInput(None)
         if self._parameterNode:
-            # Note: in the .ui file, a Qt dynamic property called "SlicerParameterName" is set on each
-            # ui element that needs connection.
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self._parameterNodeGuiTag = self._connectGui()
             # Observed after connectGui, so the widgets already show the node's values when this runs.
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
             self.onParameterNodeModified()
         else:
             self._updateReadouts()
+
+    def _connectGui(self):
+        """What connectGui(self.ui) does, but with a tag on every Slicer version.
+
+        In the .ui file, a Qt dynamic property called "SlicerParameterName" is set on each ui element that needs
+        connection. connectGui returns no tag before Slicer 5.9, so disconnectGui could not undo it and every
+        enter() would add a second set of connections (a re-connected combo box is cleared, and the old
+        connection then writes its last choice into the node); connectParametersToGui returns its tag everywhere.
+        """
+        widgets = {widget.property("SlicerParameterName"): widget for widget in vars(self.ui).values()
+                   if widget.property("SlicerParameterName")}
+        return self._parameterNode.connectParametersToGui(widgets)
 
     def onParameterNodeModified(self, caller=None, event=None) -> None:
         """A new input (picked, or set from Python) fills thickness and increment; the read-outs follow the node."""
@@ -210,16 +221,38 @@ class SR4ZCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         inputVolume = parameters.inputVolume
         if inputVolume is not self._observedInput:
-            self._observedInput = inputVolume
-            self._acquisition = self.logic.readAcquisition(inputVolume) if inputVolume else None
-            if (isinstance(self._acquisition, dict)
-                    and _nodeID(parameters.acquisitionVolume) != _nodeID(inputVolume)):  # not for a reloaded scene
-                with slicer.util.NodeModify(parameters):  # one Modified event, which calls this again
-                    parameters.thicknessMm = self._acquisition["thickness_mm"]
-                    parameters.incrementMm = self._acquisition["increment_mm"]
-                    parameters.acquisitionVolume = inputVolume
+            self._observeInput(inputVolume)
+            self._readInput()
         self._updateReadouts()
         self._checkCanApply()
+
+    def onInputVolumeModified(self, caller=None, event=None) -> None:
+        """The input got its voxels, another grid or its DICOM link (nodes are often added before their data)."""
+        if _inputState(self._observedInput) != self._observedInputState:
+            self._readInput()
+            self._updateReadouts()
+            self._checkCanApply()
+
+    def _observeInput(self, inputVolume) -> None:
+        for node in (self._observedInput, inputVolume):
+            for event in (vtk.vtkCommand.ModifiedEvent, slicer.vtkMRMLVolumeNode.ImageDataModifiedEvent):
+                observed = self.hasObserver(node, event, self.onInputVolumeModified) if node else False
+                if node is self._observedInput and observed:
+                    self.removeObserver(node, event, self.onInputVolumeModified)
+                elif node is inputVolume and node and not observed:
+                    self.addObserver(node, event, self.onInputVolumeModified)
+        self._observedInput, self._observedInputState, self._acquisition = inputVolume, None, None
+
+    def _readInput(self) -> None:
+        """Read the observed input; fill thickness and increment once per input (not again for a reloaded scene)."""
+        inputVolume, parameters = self._observedInput, self._parameterNode
+        self._observedInputState = _inputState(inputVolume)
+        self._acquisition = self.logic.readAcquisition(inputVolume) if inputVolume else None
+        if isinstance(self._acquisition, dict) and _nodeID(parameters.acquisitionVolume) != _nodeID(inputVolume):
+            with slicer.util.NodeModify(parameters):  # one Modified event, which calls onParameterNodeModified
+                parameters.thicknessMm = self._acquisition["thickness_mm"]
+                parameters.incrementMm = self._acquisition["increment_mm"]
+                parameters.acquisitionVolume = inputVolume
 
     def _updateReadouts(self) -> None:
         """In-plane spacing, overlap, and where thickness and increment came from."""
@@ -322,6 +355,16 @@ class SR4ZCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 def _nodeID(node) -> Optional[str]:
     return node.GetID() if node else None
+
+
+def _inputState(node) -> Optional[tuple]:
+    """What readAcquisition depends on: the voxel grid, its placement and the DICOM link."""
+    if not node:
+        return None
+    image, matrix = node.GetImageData(), vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(matrix)
+    return (image.GetDimensions() if image else None, tuple(matrix.GetElement(r, c) for r in range(3) for c in range(4)),
+            node.GetAttribute("DICOM.instanceUIDs"))
 
 
 def _versionTuple(version: str) -> tuple:

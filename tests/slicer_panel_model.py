@@ -36,6 +36,7 @@ VERSIONS = ("v5_6_2", "v5_8_0", "main")
 SLOT_ERRORS: list[str] = []  # tracebacks of exceptions raised in slots (PythonQt prints them)
 UNKNOWN_PROPERTIES: list[str] = []  # .ui properties the widget class does not have (Qt ignores them)
 TIMERS: list["QTimer"] = []
+HOSTS: list["ModuleHost"] = []
 
 
 # ---- PythonQt signals --------------------------------------------------------------------------------------------
@@ -388,11 +389,14 @@ class qMRMLNodeComboBox(QWidget):
         if scene is not None:
             for event in (scene.NodeAddedEvent, scene.NodeRemovedEvent):
                 self._tags.append(scene.AddObserver(event, self._onNodeEvent))
-            self._tags.append(scene.AddObserver(scene.EndBatchProcessEvent, lambda caller, event: self._refresh()))
+            self._tags.append(scene.AddObserver(scene.EndBatchProcessEvent, self._onBatchEnd))
         self._refresh()
 
     def mrmlScene(self):
         return self._scene
+
+    def _onBatchEnd(self, caller, event) -> None:
+        self._refresh()
 
     @vtk.calldata_type(vtk.VTK_OBJECT)
     def _onNodeEvent(self, caller, event, node) -> None:
@@ -427,8 +431,6 @@ class qMRMLNodeComboBox(QWidget):
     def setCurrentNode(self, node) -> None:
         if node is not None and all(n is not node for n in self.nodes()):
             node = None  # not in this selector's list: Qt selects nothing (or None)
-        if node is None and not self.noneEnabled and self.nodes() and self._current is None:
-            return
         self._set_current(node)
 
     def setCurrentNodeID(self, node_id: str) -> None:
@@ -718,7 +720,8 @@ def uninstall() -> None:
     for name in [n for n in sys.modules if n.startswith("slicer.parameterNodeWrapper")
                  or n in ("SR4ZCT", "qt", "ctk", "slicer.ScriptedLoadableModule", "slicer.i18n", "PyTorchUtils")]:
         del sys.modules[name]
-    for attribute in ("parameterNodeWrapper", "app", "qMRMLWidget", "qMRMLNodeComboBox", *UNMODELLED["slicer"]):
+    for attribute in ("parameterNodeWrapper", "app", "qMRMLWidget", "qMRMLNodeComboBox", "dicomDatabase",
+                      *UNMODELLED["slicer"]):
         if attribute in vars(slicer):
             delattr(slicer, attribute)
     slicer.__path__[:] = _SLICER_ORIGINAL_PATH
@@ -733,6 +736,13 @@ class ModuleHost:
         self.parent.setLayout(QVBoxLayout())
         self.widget = module.SR4ZCTWidget(self.parent)
         self.widget.setup()
+        HOSTS.append(self)
+
+    def close(self) -> None:
+        """What Slicer does on exit: the widget's cleanup(), and the selectors leave the scene."""
+        self.widget.cleanup()
+        for selector in self.parent.findChildren(qMRMLNodeComboBox):
+            selector.setMRMLScene(None)
 
     @property
     def ui(self):
@@ -756,5 +766,24 @@ def slicer_version(version: str):
     try:
         yield install(version)
     finally:
+        while HOSTS:
+            HOSTS.pop().close()
         slicer.mrmlScene.Clear(1)
         uninstall()
+
+
+class DicomDatabase:
+    """ctkDICOMDatabase as slicer.dicomDatabase: isOpen, fileForInstance, fileValue; a closed one logs SQL errors."""
+
+    def __init__(self, slice_thickness: dict[str, str], is_open: bool = True) -> None:
+        self.values, self.isOpen, self.queries = slice_thickness, is_open, []
+
+    def fileForInstance(self, uid: str) -> str:
+        self.queries.append(uid)
+        if not self.isOpen:
+            logging.error('SQL failed\n Bad SQL: SELECT Filename FROM Images WHERE SOPInstanceUID=?\n"Database not open"')
+            return ""
+        return f"/dicom/{uid}.dcm" if uid in self.values else ""
+
+    def fileValue(self, file: str, tag: str) -> str:
+        return self.values.get(Path(file).stem, "") if tag == "0018,0050" else ""

@@ -77,7 +77,7 @@ def test_module_follows_the_scripted_template():
     assert {"setup", "cleanup", "enter", "exit", "onSceneStartClose", "onSceneEndClose", "initializeParameterNode",
             "setParameterNode"} <= widget_methods
     assert 'loadUI(self.resourcePath("UI/SR4ZCT.ui"))' in SOURCE
-    assert "connectGui(self.ui)" in SOURCE and "tryWithErrorDisplay" in SOURCE
+    assert "connectParametersToGui(" in SOURCE and "tryWithErrorDisplay" in SOURCE
 
 
 def test_torch_comes_from_the_pytorch_extension_only():

@@ -1,0 +1,358 @@
+"""The module panel's behaviour in Slicer 5.6.2, 5.8.0 and main: the real SR4ZCT.py and .ui, real MRML, Slicer's real
+parameterNodeWrapper of each version, PythonQt-like stand-ins (tests/slicer_panel_model.py). Skips without ../shared."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import types
+
+import numpy as np
+import pytest
+
+slicer = pytest.importorskip("slicer")
+import slicer.util  # noqa: E402
+
+import slicer_panel_model as model  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not model.SLICER_PYTHON.is_dir(),
+                                reason=f"{model.SLICER_PYTHON} (Slicer's parameterNodeWrapper, shared) not present")
+BLOCKED_IMPORTS = model.ROOT / "tests" / "blocked_imports"
+
+
+@pytest.fixture(params=model.VERSIONS)
+def SR4ZCT(request):
+    """The module file loaded under one Slicer version's parameterNodeWrapper, with a fresh scene."""
+    with model.slicer_version(request.param) as module:
+        yield module
+
+
+def add_volume(name: str, spacing=(0.7, 0.7, 5.0), slices: int = 8, dicom_uid: str | None = None):
+    """A small CT-like volume node; dicom_uid makes it look loaded from DICOM (DICOM.instanceUIDs)."""
+    array = np.full((slices, 24, 20), -1000, np.int16)
+    array[:, 6:18, 4:16] = 40
+    array[:, 10:14, 8:12] = 700
+    array += np.random.default_rng(len(name)).integers(-5, 5, array.shape).astype(np.int16)
+    node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+    slicer.util.updateVolumeFromArray(node, array)
+    node.SetSpacing(*spacing)
+    node.CreateDefaultDisplayNodes()
+    if dicom_uid:
+        node.SetAttribute("DICOM.instanceUIDs", dicom_uid)
+    return node
+
+
+def open_panel(SR4ZCT) -> model.ModuleHost:
+    host = model.ModuleHost(SR4ZCT)
+    host.enter()
+    return host
+
+
+def volume_count() -> int:
+    return slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")
+
+
+def assert_clean() -> None:
+    assert not model.SLOT_ERRORS, model.SLOT_ERRORS[0]
+
+
+# ---- opening, picking, leaving, closing ---------------------------------------------------------------------------
+def test_panel_opens_with_every_field_connected(SR4ZCT):
+    add_volume("CT")
+    host = open_panel(SR4ZCT)
+    ui = host.ui
+    assert_clean()
+    assert not model.UNKNOWN_PROPERTIES, f"properties the widget classes do not have: {model.UNKNOWN_PROPERTIES}"
+    assert ui.inputSelector.currentNode().GetName() == "CT"
+    assert ui.applyButton.enabled and ui.applyButton.text == "Apply"
+    assert ui.targetSpacingSpinBox.text == "in-plane" and ui.iterationsSpinBox.text == "preset"
+    assert ui.profileComboBox.currentText == "box" and ui.deviceComboBox.currentText == "auto"
+    assert "PyTorch" in ui.deviceStatusLabel.text
+    assert [entry for entry in ui.outputSelector.items() if entry.lower().startswith("create new")] == [
+        "Create new volume"]
+
+
+def test_picked_volumes_stick_and_fill_the_acquisition(SR4ZCT):
+    slicer.dicomDatabase = model.DicomDatabase({"1.2.3": "3.0"})
+    thick = add_volume("thick", (0.7, 0.7, 5.0))
+    thin = add_volume("thin", (0.6, 0.6, 2.0), dicom_uid="1.2.3 1.2.4")
+    host = open_panel(SR4ZCT)
+    ui, parameters = host.ui, host.widget._parameterNode
+    assert ui.inputSelector.currentNode() is thick and ui.thicknessSpinBox.value == 5.0
+
+    ui.inputSelector.setCurrentNode(thin)  # what a user's pick does
+    assert ui.inputSelector.currentNode() is thin and parameters.inputVolume is thin
+    assert (parameters.thicknessMm, parameters.incrementMm) == (3.0, 2.0)
+    assert (ui.thicknessSpinBox.value, ui.incrementSpinBox.value) == (3.0, 2.0)
+    assert ui.sourcesLabel.text.startswith("thickness: dicom, increment: geometry")
+    assert ui.overlapLabel.text == "1.000 mm overlap" and ui.inPlaneSpacingLabel.text == "0.600 x 0.600 mm"
+
+    ui.inputSelector.setCurrentNode(thick)
+    assert ui.inputSelector.currentNode() is thick and parameters.inputVolume is thick
+    assert (ui.thicknessSpinBox.value, ui.incrementSpinBox.value) == (5.0, 5.0)
+    assert ui.sourcesLabel.text.startswith("thickness: assumed, increment: geometry")
+    assert_clean()
+
+
+def test_exit_enter_and_scene_close_keep_the_pick(SR4ZCT):
+    thick, thin = add_volume("thick", (0.7, 0.7, 5.0)), add_volume("thin", (0.7, 0.7, 2.0))
+    host = open_panel(SR4ZCT)
+    ui = host.ui
+    ui.inputSelector.setCurrentNode(thin)
+    ui.deviceComboBox.currentIndex = 1
+    host.exit()
+    host.enter()
+    parameters = host.widget._parameterNode
+    assert ui.inputSelector.currentNode() is thin and parameters.inputVolume is thin
+    assert (parameters.profile, parameters.preset, parameters.device) == ("box", "fast", "cpu")
+    assert (ui.profileComboBox.currentText, ui.deviceComboBox.currentText) == ("box", "cpu")
+    assert parameters.thicknessMm == 2.0 and ui.thicknessSpinBox.value == 2.0
+    ui.inputSelector.setCurrentNode(thick)
+    assert parameters.inputVolume is thick and parameters.thicknessMm == 5.0
+
+    slicer.mrmlScene.Clear(0)  # File / Close scene, with the module open
+    assert ui.inputSelector.currentNode() is None and ui.sourcesLabel.text == "-"
+    first, second = add_volume("first", (0.7, 0.7, 5.0)), add_volume("second", (0.7, 0.7, 2.5))
+    parameters = host.widget._parameterNode
+    assert parameters.inputVolume is first and parameters.thicknessMm == 5.0
+    ui.inputSelector.setCurrentNode(second)  # the first pick after a close
+    assert ui.inputSelector.currentNode() is second and parameters.inputVolume is second
+    assert parameters.thicknessMm == 2.5 and ui.thicknessSpinBox.value == 2.5
+    assert_clean()
+
+
+def test_users_thickness_survives_exit_enter_and_a_saved_scene(SR4ZCT, tmp_path):
+    add_volume("other", (0.7, 0.7, 5.0))
+    ct = add_volume("CT", (0.7, 0.7, 2.0))
+    host = open_panel(SR4ZCT)
+    ui = host.ui
+    ui.inputSelector.setCurrentNode(ct)
+    ui.thicknessSpinBox.value = 3.25  # the user types the thickness from the scanner protocol
+    assert host.widget._parameterNode.thicknessMm == 3.25
+    assert ui.sourcesLabel.text.startswith("thickness: your value")
+    host.exit()
+    host.enter()
+    assert host.widget._parameterNode.thicknessMm == 3.25 and ui.thicknessSpinBox.value == 3.25
+
+    scene = slicer.mrmlScene
+    for node in (scene.GetFirstNodeByName("other"), ct):
+        storage = node.CreateDefaultStorageNode()
+        scene.AddNode(storage)
+        storage.SetFileName(str(tmp_path / f"{node.GetName()}.nrrd"))
+        assert storage.WriteData(node)
+        node.SetAndObserveStorageNodeID(storage.GetID())
+    scene.SetURL(str(tmp_path / "scene.mrml"))
+    assert scene.Commit()
+    scene.Clear(0)
+    scene.SetURL(str(tmp_path / "scene.mrml"))
+    assert scene.Import()  # File / Load scene
+    parameters = host.widget._parameterNode
+    assert parameters.inputVolume.GetName() == "CT" and ui.inputSelector.currentNode().GetName() == "CT"
+    assert parameters.thicknessMm == 3.25 and ui.thicknessSpinBox.value == 3.25, "the saved thickness was replaced"
+    assert parameters.incrementMm == 2.0
+    assert_clean()
+
+
+def test_values_outside_the_fields_range_are_clamped_and_shown(SR4ZCT, capfd):
+    slicer.dicomDatabase = model.DicomDatabase({"9.9": "80.0"})
+    huge = add_volume("huge", (0.7, 0.7, 60.0), dicom_uid="9.9")
+    flat = add_volume("one slice", slices=1)
+    host = open_panel(SR4ZCT)
+    ui, parameters = host.ui, host.widget._parameterNode
+    ui.inputSelector.setCurrentNode(huge)
+    assert parameters.inputVolume is huge
+    assert (parameters.thicknessMm, parameters.incrementMm) == (50.0, 50.0)
+    assert "thickness 80 mm is outside 0.01-50 mm: set to 50 mm" in ui.sourcesLabel.text
+    assert "increment 60 mm is outside" in ui.sourcesLabel.text
+    ui.inputSelector.setCurrentNode(flat)
+    assert parameters.inputVolume is flat and ui.sourcesLabel.text.startswith("Cannot use this volume")
+    assert_clean()
+    assert "Traceback" not in capfd.readouterr().err  # nothing raised in a VTK observer either
+
+
+def test_a_closed_dicom_database_is_not_queried(SR4ZCT, caplog):
+    slicer.dicomDatabase = model.DicomDatabase({"1.2.3": "3.0"}, is_open=False)
+    add_volume("CT", (0.7, 0.7, 2.0), dicom_uid="1.2.3")
+    host = open_panel(SR4ZCT)
+    assert host.widget._parameterNode.thicknessMm == 2.0
+    assert slicer.dicomDatabase.queries == [] and "SQL" not in caplog.text
+
+
+# ---- Apply, Cancel, results, failures -------------------------------------------------------------------------------
+def run_timer_until_done(host, timeout: float = 240.0) -> None:
+    deadline = time.time() + timeout
+    while host.widget._job is not None and host.widget._job.running:
+        assert time.time() < deadline, "the job did not end"
+        model.process_events()
+        time.sleep(0.1)
+    model.process_events()
+
+
+def start_run(host, iterations: int) -> None:
+    host.ui.iterationsSpinBox.value = iterations
+    host.ui.deviceComboBox.currentIndex = 1  # cpu
+    host.ui.applyButton.click()
+    assert_clean()
+
+
+def test_apply_runs_a_job_that_adds_exactly_one_node(SR4ZCT):
+    ct = add_volume("CT", (0.7, 0.7, 2.5), slices=6)
+    before = slicer.util.arrayFromVolume(ct).copy()
+    host = open_panel(SR4ZCT)
+    count = volume_count()
+    start_run(host, iterations=3)
+    ui = host.ui
+    assert ui.applyButton.text == "Cancel" and ui.applyButton.enabled and ui.progressBar.visible
+    run_timer_until_done(host)
+    assert ui.statusLabel.text == "Done.", ui.statusLabel.text
+    assert ui.applyButton.text == "Apply" and not ui.progressBar.visible
+    assert volume_count() == count + 1
+    result = host.widget._job.result_node
+    assert result.GetName() == "CT SR4ZCT" and result.GetSpacing()[2] == pytest.approx(0.7)
+    assert ui.metricsLabel.text.startswith("Held-out validation PSNR") and "cpu" in ui.deviceStatusLabel.text
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(ct), before)
+    assert_clean()
+
+
+def test_cancel_ends_the_job_and_adds_nothing(SR4ZCT):
+    add_volume("CT", (0.7, 0.7, 2.5), slices=6)
+    host = open_panel(SR4ZCT)
+    count = volume_count()
+    start_run(host, iterations=100000)
+    job = host.widget._job
+    deadline = time.time() + 120
+    while job.last_progress is None or job.last_progress.stage != "training":
+        assert time.time() < deadline and job.running, job.error
+        model.process_events()
+        time.sleep(0.05)
+    host.ui.applyButton.click()  # the button now reads Cancel
+    run_timer_until_done(host, timeout=30)
+    assert host.ui.statusLabel.text == "Cancelled: nothing was added."
+    assert host.ui.applyButton.text == "Apply" and volume_count() == count
+    assert_clean()
+
+
+def test_a_failed_job_shows_the_error(SR4ZCT, monkeypatch, caplog):
+    add_volume("CT", (0.7, 0.7, 2.5), slices=6)
+    host = open_panel(SR4ZCT)
+    count = volume_count()
+    # The worker's Python has a broken torch (e.g. a missing CUDA library): the run starts and fails there.
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(BLOCKED_IMPORTS), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("SR4ZCT_BREAK", "torch")
+    start_run(host, iterations=3)
+    run_timer_until_done(host, timeout=120)
+    status = host.ui.statusLabel.text
+    assert status.startswith("Failed: ") and ("torch" in status or "exit code" in status), status
+    assert f"SR4ZCT failed: {host.widget._job.error}" in caplog.text  # errorDisplay logs what it shows
+    assert host.ui.applyButton.text == "Apply" and volume_count() == count
+    assert_clean()
+
+
+# ---- PyTorch through the PyTorch extension ---------------------------------------------------------------------------
+@pytest.fixture
+def torch_missing(monkeypatch):
+    """PyTorchUtils says torch is not installed; confirmation dialogs answer from `answers` and are counted."""
+    monkeypatch.setattr(model.PyTorchUtilsLogic, "installed", False)
+    monkeypatch.setattr(model.PyTorchUtilsLogic, "calls", [])
+    asked = types.SimpleNamespace(questions=[], answer=True)
+
+    def confirm(text, *args, **kwargs):
+        asked.questions.append(text)
+        return asked.answer
+
+    monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", confirm)
+    return asked
+
+
+def test_torch_install_asks_once(SR4ZCT, torch_missing, monkeypatch):
+    add_volume("CT", (0.7, 0.7, 2.5), slices=6)
+    host = open_panel(SR4ZCT)
+    monkeypatch.setattr(model.PyTorchUtilsLogic, "install_result", None)  # nothing installed: stop there
+    host.ui.applyButton.click()
+    assert len(torch_missing.questions) == 1 and "PyTorch" in torch_missing.questions[0]
+    assert model.PyTorchUtilsLogic.calls == [{"askConfirmation": False, "torchVersionRequirement": ">=2.1"}]
+    assert len(model.SLOT_ERRORS) == 1 and "could not be installed" in model.SLOT_ERRORS[0]
+
+
+def test_cancelling_the_torch_install_is_a_cancel(SR4ZCT, torch_missing):
+    add_volume("CT", (0.7, 0.7, 2.5), slices=6)
+    host = open_panel(SR4ZCT)
+    torch_missing.answer = False
+    host.ui.applyButton.click()
+    assert len(torch_missing.questions) == 1 and model.PyTorchUtilsLogic.calls == []
+    assert host.ui.statusLabel.text.startswith("Cancelled") and host.widget._job is None
+    assert_clean()
+
+
+def test_an_old_torch_is_refused_with_the_way_out(SR4ZCT, monkeypatch):
+    add_volume("CT", (0.7, 0.7, 2.5), slices=6)
+    host = open_panel(SR4ZCT)
+    real_version = SR4ZCT.importlib.metadata.version
+    monkeypatch.setattr(SR4ZCT.importlib.metadata, "version",
+                        lambda name: "1.13.1+cu117" if name == "torch" else real_version(name))
+    host.ui.applyButton.click()
+    assert host.widget._job is None and len(model.SLOT_ERRORS) == 1
+    assert "PyTorch 1.13.1+cu117 is installed but SR4ZCT needs 2.1 or newer" in model.SLOT_ERRORS[0]
+
+
+# ---- the self-test and the panel in Slicer's own Python (no psutil, tqdm, matplotlib) -----------------------------
+def run_in_slicer_like_python(code: str, tmp_path, block: str = "psutil,tqdm,matplotlib", broken: str = ""):
+    """Run code in a new Python where `block` cannot be imported (nor in processes it starts); returns (result, log)."""
+    import subprocess
+
+    log = tmp_path / "imports.log"
+    environment = dict(os.environ, SR4ZCT_BLOCK=block, SR4ZCT_BREAK=broken, SR4ZCT_IMPORT_LOG=str(log),
+                       PYTHONPATH=os.pathsep.join([str(BLOCKED_IMPORTS), str(model.ROOT / "tests"),
+                                                   str(model.MODULE_DIR)]))
+    result = subprocess.run([sys.executable, "-c", code], env=environment, capture_output=True, text=True,
+                            timeout=600, cwd=str(tmp_path))
+    return result, (log.read_text().split("\n") if log.exists() else [])
+
+
+SELF_TEST = """
+import logging, sys
+logging.basicConfig(level=logging.INFO)
+for name in ("psutil", "tqdm", "matplotlib"):
+    try:
+        __import__(name)
+        sys.exit(f"{name} is importable: the environment is not Slicer-like")
+    except ImportError:
+        pass
+import slicer, slicer_panel_model as model
+with model.slicer_version("{version}") as SR4ZCT:
+    model.slicer.app.testing = True
+    test = SR4ZCT.SR4ZCTTest()
+    test.runTest()
+import os
+print("SELF-TEST PASSED in", os.getpid())
+"""
+
+
+@pytest.mark.parametrize("version", ["v5_6_2", "main"])
+def test_self_test_passes_without_psutil_tqdm_matplotlib(version, tmp_path):
+    result, attempts = run_in_slicer_like_python(SELF_TEST.replace("{version}", version), tmp_path)
+    assert result.returncode == 0 and "SELF-TEST PASSED" in result.stdout, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "Test passed" in result.stderr and "Test skipped" not in result.stderr
+    own_pid = result.stdout.split("SELF-TEST PASSED in")[-1].split()[0]
+    worker_pids = {line.split()[0] for line in attempts if line} - {own_pid}
+    assert attempts, "nothing tried to import the blocked packages: the check would be empty"
+    assert len(worker_pids) >= 1, f"the worker process never met the blocker: {attempts}"
+
+
+PANEL_WITHOUT_TORCH = """
+import slicer, slicer_panel_model as model, numpy as np, slicer.util
+with model.slicer_version("main") as SR4ZCT:
+    node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "CT")
+    slicer.util.updateVolumeFromArray(node, np.full((6, 20, 16), 40, np.int16))
+    host = model.ModuleHost(SR4ZCT)
+    host.enter()
+    assert not model.SLOT_ERRORS, model.SLOT_ERRORS
+    print("OPENED", host.ui.inputSelector.currentNode().GetName(), host.ui.applyButton.enabled, repr(host.ui.deviceStatusLabel.text))
+"""
+
+
+def test_panel_opens_with_a_broken_torch_and_does_not_import_it(tmp_path):
+    result, attempts = run_in_slicer_like_python(PANEL_WITHOUT_TORCH, tmp_path, broken="torch")
+    assert result.returncode == 0 and "OPENED CT True 'PyTorch " in result.stdout, result.stderr[-3000:]
+    assert not [line for line in attempts if line.endswith(" torch")], attempts
