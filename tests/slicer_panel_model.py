@@ -597,6 +597,9 @@ class _App:
     def processEvents(self) -> None:
         pass
 
+    def topLevelWidgets(self) -> list:
+        return []  # no main window: slicer.util's dialogs only log
+
     def layoutManager(self):
         return None  # no main window, as in Slicer's batch mode
 

@@ -210,7 +210,7 @@ def test_apply_runs_a_job_that_adds_exactly_one_node(SR4ZCT):
     assert volume_count() == count + 1
     result = host.widget._job.result_node
     assert result.GetName() == "CT SR4ZCT" and result.GetSpacing()[2] == pytest.approx(0.7)
-    assert ui.metricsLabel.text.startswith("Held-out validation PSNR") and "cpu" in ui.deviceStatusLabel.text
+    assert ui.metricsLabel.text.startswith("Held-out validation PSNR") and ui.deviceStatusLabel.text.startswith("CPU")
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(ct), before)
     assert_clean()
 
@@ -243,7 +243,7 @@ def test_a_failed_job_shows_the_error(SR4ZCT, monkeypatch, caplog):
     start_run(host, iterations=3)
     run_timer_until_done(host, timeout=120)
     status = host.ui.statusLabel.text
-    assert status.startswith("Failed: ") and ("torch" in status or "exit code" in status), status
+    assert status.startswith("Failed: ") and "torch is broken here" in status, status
     assert f"SR4ZCT failed: {host.widget._job.error}" in caplog.text  # errorDisplay logs what it shows
     assert host.ui.applyButton.text == "Apply" and volume_count() == count
     assert_clean()

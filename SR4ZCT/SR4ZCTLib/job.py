@@ -129,6 +129,7 @@ class EnhanceJob:
         self._folder: Optional[Path] = None
         self._reader_done = False
         self._reader_error: Optional[str] = None
+        self._last_line: Optional[str] = None
 
     # -- start ---------------------------------------------------------------------------------
     def start(self) -> "EnhanceJob":
@@ -228,6 +229,8 @@ class EnhanceJob:
             return
         if line.startswith("error:"):
             self.error = line[len("error:"):].strip()
+        elif line.strip():
+            self._last_line = line.strip()  # e.g. the last line of a traceback
         self._log(line)
 
     def seconds_left(self) -> Optional[float]:
@@ -255,7 +258,8 @@ class EnhanceJob:
                 return
             if return_code != 0:
                 self.state = JobState.FAILED
-                self.error = self.error or f"the SR4ZCT worker stopped with exit code {return_code}; see the log"
+                self.error = self.error or (f"the SR4ZCT worker stopped with exit code {return_code} "
+                                            f"({self._last_line or 'no output'}); see the log")
                 return
             self.state = JobState.IMPORT_RESULTS
             result = lps_to_ras(read_volume(self._folder / "output.nrrd"))
