@@ -110,3 +110,35 @@ def test_ui_connects_the_scene_to_each_node_selector():
     connected = {c.find("receiver").text for c in UI.iter("connection")
                  if c.find("signal").text == "mrmlSceneChanged(vtkMRMLScene*)"}
     assert selectors and selectors == connected
+
+
+def test_catalog_entry_is_formatted_as_the_extensions_index_expects():
+    text = (ROOT / "SR4ZCT.json").read_text()
+    # ExtensionsIndex runs prettier with multilineArraysWrapThreshold 0: every non-empty array on its own lines.
+    assert text == json.dumps(json.loads(text), indent=2) + "\n"
+
+
+def test_no_link_to_a_repository_that_does_not_exist():
+    for path in (MODULE / "SR4ZCT.py", ROOT / "SR4ZCT.json", ROOT / "CMakeLists.txt", ROOT / "README.md"):
+        assert "github.com/SR4ZCT" not in path.read_text() and "githubusercontent.com/SR4ZCT" not in path.read_text()
+    assert "<a href" not in SOURCE.split("acknowledgementText")[0].split("helpText")[1]
+
+
+def test_requirements_are_what_the_slicer_path_imports_and_slicer_lacks():
+    requirements = (MODULE / "Resources" / "requirements.txt").read_text()
+    listed = {line.strip() for line in requirements.splitlines() if line.strip() and not line.startswith("#")}
+    assert listed == {"scipy"}  # forward.py; numpy and SimpleITK ship with Slicer; psutil, tqdm, matplotlib optional
+    assert "from scipy" in (MODULE / "SR4ZCTLib" / "forward.py").read_text()
+    install = SOURCE.index("slicer.util.pip_install(")
+    assert "importlib.invalidate_caches()" in SOURCE[install:install + 200]
+
+
+def test_panel_imports_no_torch_and_optional_packages_lazily():
+    setup = SOURCE[SOURCE.index("    def setup(self)"):SOURCE.index("    def cleanup(self)")]
+    assert "deviceDescription" not in setup and "import torch" not in setup
+    for name in ("memory.py", "job.py", "mrml.py", "progress.py", "cli.py", "report.py"):
+        tree = ast.parse((MODULE / "SR4ZCTLib" / name).read_text())
+        top_level = {alias.name.split(".")[0] for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))
+                     for alias in node.names} | {node.module.split(".")[0] for node in tree.body
+                                                 if isinstance(node, ast.ImportFrom) and node.module}
+        assert not top_level & {"psutil", "tqdm", "matplotlib", "torch"}, name
