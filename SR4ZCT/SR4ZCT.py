@@ -164,6 +164,7 @@ class SR4ZCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
+        self._observeInput(None)
 
     def onSceneStartClose(self, caller, event) -> None:
         """Called just before the scene is closed."""
@@ -234,6 +235,7 @@ class SR4ZCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._checkCanApply()
 
     def _observeInput(self, inputVolume) -> None:
+        """Observe this input (None: none) instead of the previous one; its read-outs are to be read again."""
         for node in (self._observedInput, inputVolume):
             for event in (vtk.vtkCommand.ModifiedEvent, slicer.vtkMRMLVolumeNode.ImageDataModifiedEvent):
                 observed = self.hasObserver(node, event, self.onInputVolumeModified) if node else False
@@ -271,7 +273,8 @@ class SR4ZCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.sourcesLabel.text = "\n".join([", ".join(sources)] + acquisition["warnings"])
         self.updateOverlapLabel()
 
-    def _checkCanApply(self, caller=None, event=None) -> None:
+    def _checkCanApply(self) -> None:
+        """Apply needs an input; during a run the button is Cancel."""
         if self._job is not None and self._job.running:
             self.ui.applyButton.text = _("Cancel")
             self.ui.applyButton.toolTip = _("Stop the run; nothing is added to the scene.")
