@@ -142,3 +142,9 @@ def test_panel_imports_no_torch_and_optional_packages_lazily():
                      for alias in node.names} | {node.module.split(".")[0] for node in tree.body
                                                  if isinstance(node, ast.ImportFrom) and node.module}
         assert not top_level & {"psutil", "tqdm", "matplotlib", "torch"}, name
+
+
+def test_slicer_path_parses_as_python_3_9():
+    # Slicer 5.6 ships Python 3.9 (5.8 and later: 3.12): the module and its library must not need newer syntax.
+    for path in [MODULE / "SR4ZCT.py", *sorted((MODULE / "SR4ZCTLib").glob("*.py"))]:
+        ast.parse(path.read_text(), filename=str(path), feature_version=(3, 9))

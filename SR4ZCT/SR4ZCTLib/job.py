@@ -96,12 +96,13 @@ def kill_process_tree(process: subprocess.Popen) -> None:
         pass
     except Exception:  # already gone
         return
-    if hasattr(os, "killpg"):
+    if hasattr(os, "killpg"):  # without psutil (Slicer ships none): the worker has its own process group
         try:
             os.killpg(process.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    else:
+    else:  # Windows: PythonSlicer is a launcher; taskkill /T ends the Python it started too
+        subprocess.run(["taskkill", "/F", "/T", "/PID", str(process.pid)], capture_output=True, check=False)
         process.kill()
 
 
