@@ -329,9 +329,9 @@ print("SELF-TEST PASSED in", os.getpid())
 """
 
 
-@pytest.mark.parametrize("version", ["v5_6_2", "main"])
-def test_self_test_passes_without_psutil_tqdm_matplotlib(version, tmp_path):
-    result, attempts = run_in_slicer_like_python(SELF_TEST.replace("{version}", version), tmp_path)
+def test_self_test_passes_without_psutil_tqdm_matplotlib(tmp_path):
+    # The self-test uses the logic only, not the parameter-node layer: the oldest supported version stands for all.
+    result, attempts = run_in_slicer_like_python(SELF_TEST.replace("{version}", "v5_6_2"), tmp_path)
     assert result.returncode == 0 and "SELF-TEST PASSED" in result.stdout, result.stdout[-3000:] + result.stderr[-3000:]
     assert "Test passed" in result.stderr and "Test skipped" not in result.stderr
     own_pid = result.stdout.split("SELF-TEST PASSED in")[-1].split()[0]
