@@ -20,7 +20,7 @@ def add_enhance_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--format", choices=("volume", "dicom"),
                         help="output as one volume file or as a DICOM series folder (default: by the output name; "
-                             "a name without .nrrd/.nii/.nii.gz/.mha is a DICOM folder)")
+                             "a folder, or a name without a suffix, is a DICOM series)")
     parser.add_argument("--dicom-template", metavar="DIR",
                         help="DICOM series giving patient and study for DICOM output from a non-DICOM input")
     parser.add_argument("--send", metavar="AET@HOST:PORT", help="after a successful run, send the DICOM output there")
@@ -38,7 +38,7 @@ def check_enhance_outputs(args) -> Path:
     if args.dicom:
         output = check_dicom_output(args.output, [args.input], args.overwrite)
         args.dicom_source = source_for(args.input, args.dicom_template)
-    elif args.format is None and args.dicom_template:
+    elif args.dicom_template:
         raise InputError("--dicom-template is for DICOM output; give an output folder or --format dicom")
     else:
         output = check_output_path(args.output, [args.input], args.overwrite)

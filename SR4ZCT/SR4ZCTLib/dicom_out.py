@@ -76,10 +76,9 @@ def _along_normal(header) -> float:
 
 
 def is_dicom_output(path: str | os.PathLike, fmt: Optional[str]) -> bool:
-    """DICOM when asked for, or when the output name has no image suffix (a folder)."""
-    from .volume_io import OUTPUT_SUFFIXES, _suffix
-
-    return fmt == "dicom" or (fmt is None and _suffix(Path(path)) not in OUTPUT_SUFFIXES)
+    """DICOM when asked for, or when the output is a folder: an existing one, or a name without any suffix."""
+    path = Path(path)
+    return fmt == "dicom" or (fmt is None and (path.is_dir() or path.suffix == ""))
 
 
 def check_dicom_output(output: str | os.PathLike, inputs: list[str | os.PathLike], overwrite: bool = False) -> Path:
@@ -88,8 +87,9 @@ def check_dicom_output(output: str | os.PathLike, inputs: list[str | os.PathLike
     target = output.resolve()
     for source in inputs:
         source = Path(source).resolve()
-        folder = source if source.is_dir() else source.parent
-        if target == source or folder in target.parents or target == folder or target in source.parents:
+        source = source.parent if source.suffix.lower() == ".dcm" else source  # a slice stands for its series
+        inside_input = source.is_dir() and source in target.parents
+        if target == source or inside_input or target in source.parents:
             raise InputError(f"output folder {output} would be written into or over the input {source}; "
                              "choose a folder outside the input's")
     if output.exists() and not output.is_dir():
