@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -80,6 +81,7 @@ def send_series(folder: str | os.PathLike, destination: Destination, calling_aet
     sop_classes = sorted({str(ds.SOPClassUID) for ds in datasets} | {str(CTImageStorage)})
     for sop_class in sop_classes:
         ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    check_reachable(destination)
     try:
         association = ae.associate(destination.host, destination.port, ae_title=destination.aet)
     except Exception as error:  # e.g. the host name does not resolve
@@ -89,18 +91,38 @@ def send_series(folder: str | os.PathLike, destination: Destination, calling_aet
     failed: list[str] = []
     try:
         for index, (path, ds) in enumerate(zip(files, datasets)):
+            if not association.is_established:  # the PACS aborted (e.g. it does not accept stores from us)
+                raise SendError(f"{destination} ended the association after {index} of {len(files)} files; check that "
+                                f"the PACS accepts storage from the calling AE title {calling_aet!r} at this address")
             status = association.send_c_store(ds)
             code = int(status.Status) if status and "Status" in status else None
-            if code is None or not (code == 0 or code in (0xB000, 0xB007, 0xB006)):
-                failed.append(f"{path.name} ({'no answer' if code is None else f'status 0x{code:04X}'})")
+            if code is None:  # no answer: the PACS dropped us (e.g. it refuses stores from this AE title)
+                raise SendError(f"{destination} did not answer the store of {path.name} ({index} of {len(files)} "
+                                f"stored); check that the PACS accepts storage from {calling_aet!r} at this address")
+            if not (code == 0 or code in (0xB000, 0xB007, 0xB006)):
+                failed.append(f"{path.name} (status 0x{code:04X})")
             if on_file is not None:
                 on_file(index + 1, len(files))
-    finally:
-        association.release()
+    except BaseException:
+        association.abort()  # a release would wait for a peer that has stopped answering
+        raise
+    association.release()
     if failed:
         raise SendError(f"{destination} did not store {len(failed)} of {len(files)} files ({', '.join(failed[:3])}); "
                         f"the files stay in {folder}: check the PACS log, then run `sr4zct send` again")
     return len(files)
+
+
+def check_reachable(destination: Destination) -> None:
+    """A plain TCP connection first, so that 'nothing listens there' is told apart from a refused association."""
+    try:
+        with socket.create_connection((destination.host, destination.port), timeout=TIMEOUT_S):
+            pass
+    except socket.gaierror as error:
+        raise SendError(f"cannot resolve the host of {destination}: {error.strerror}; check the host name") from None
+    except OSError as error:
+        raise SendError(f"nothing answers at {destination.host}:{destination.port} ({error.strerror or error}); "
+                        "check that the PACS is running and the host and port") from None
 
 
 def _refusal(association, destination: Destination, calling_aet: str) -> str:
