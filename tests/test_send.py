@@ -34,10 +34,18 @@ needs_orthanc = pytest.mark.skipif(ORTHANC is None, reason="Orthanc not installe
                                    ".ci/run installs it with apt-get where it can)")
 
 
+_GIVEN: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    """A loopback port nothing listens on, never the same one twice in a session."""
+    while True:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        if port not in _GIVEN:
+            _GIVEN.add(port)
+            return port
 
 
 class OrthancServer:
@@ -145,7 +153,7 @@ def test_send_failures_give_one_error_line_and_keep_the_files(tmp_path, source, 
     before = sorted(p.name for p in source.iterdir())
     code, out, err = run_cli(["send", source, "--to", f"{called}@127.0.0.1:{port}", "--calling-aet", calling], capsys)
     assert code == 2 and err.startswith("error:") and len(err.strip().splitlines()) == 1, err
-    assert "Traceback" not in err and message in err
+    assert "Traceback" not in err and message in err, err
     assert sorted(p.name for p in source.iterdir()) == before
     assert orthanc.series() == [] or [len(s["Instances"]) for s in orthanc.series()] == [0]
 
