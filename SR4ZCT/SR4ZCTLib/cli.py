@@ -1,4 +1,4 @@
-"""The `sr4zct` command line: info, enhance, simulate, demo, send.
+"""The `sr4zct` command line: info, enhance, simulate, demo, send, batch.
 
 Errors: one `error:` line on stderr, exit 2. Cancel (Ctrl-C or SIGTERM): exit 130. Either way
 nothing is left behind: every output is written to a temporary file and renamed at the end.
@@ -18,6 +18,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from .acquisition import PROFILES, Acquisition
+from .batch import add_batch_command
 from .clinic import add_enhance_arguments, check_enhance_outputs, send_result, write_confidence, write_result
 from .errors import Cancelled, InputError, ResourceError
 from .progress import Progress, Reporter
@@ -83,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_arguments(demo)
     demo.set_defaults(handler=_demo)
     add_send_command(commands)
+    add_batch_command(commands, _add_acquisition_arguments, _add_run_arguments)
     return parser
 
 
