@@ -105,3 +105,28 @@ def test_confidence_node_is_coloured_linked_and_filed_in_the_study():
     assert display.GetWindowLevelMin() == 0.0 and display.GetWindowLevelMax() > 100
     assert hierarchy.GetItemParent(hierarchy.GetItemByDataNode(node)) == study
     scene.Clear(1)
+
+
+def test_result_node_is_filed_in_the_input_study_for_dicom_export():
+    """Slicer's DICOM export takes patient and study from the node's parents in the subject hierarchy."""
+    slicer = pytest.importorskip("slicer")
+    from SR4ZCTLib.mrml import node_from_volume, place_beside
+
+    scene = slicer.mrmlScene = slicer.vtkMRMLScene()
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.ResolveSubjectHierarchy(scene)
+    patient = hierarchy.CreateSubjectItem(hierarchy.GetSceneItemID(), "patient")
+    study = hierarchy.CreateStudyItem(patient, "study")
+    hierarchy.SetItemAttribute(study, "DICOM.StudyInstanceUID", "1.2.3.4")
+    volume = Volume(np.zeros((3, 4, 5), np.int16), Volume.matrix_from((0, 0, 0), (1, 1, 1), np.eye(3)))
+    source = node_from_volume(volume, scene, "CT")
+    hierarchy.CreateItem(study, source)
+    result = node_from_volume(volume, scene, "CT SR4ZCT")
+    place_beside(result, source)
+    item = hierarchy.GetItemByDataNode(result)
+    assert hierarchy.GetItemParent(item) == study
+    assert hierarchy.GetItemAttribute(hierarchy.GetItemParent(item), "DICOM.StudyInstanceUID") == "1.2.3.4"
+    lonely = node_from_volume(volume, scene, "no study")
+    place_beside(lonely, node_from_volume(volume, scene, "not in the hierarchy"))  # nothing to follow: no change
+    assert not hierarchy.GetItemByDataNode(lonely) or hierarchy.GetItemParent(
+        hierarchy.GetItemByDataNode(lonely)) == hierarchy.GetSceneItemID()
+    scene.Clear(1)
