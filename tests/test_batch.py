@@ -9,21 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from SR4ZCTLib import cli
 from SR4ZCTLib.batch import read_manifest
 from SR4ZCTLib.errors import InputError
 from SR4ZCTLib.volume import Volume
 from SR4ZCTLib.volume_io import read_volume, write_volume
 
+from conftest import run_cli
+
 pytest.importorskip("distributed")
 MATRIX = Volume.matrix_from((1.0, -2.0, 3.0), (0.8, 0.8, 2.5), np.eye(3))
 RUN = ["--iterations", "2", "--device", "cpu", "--progress", "none", "--thickness", "2.5"]
-
-
-def run_cli(args, capsys):
-    code = cli.main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.fixture
@@ -61,7 +56,11 @@ def test_batch_on_two_workers_then_resume_does_nothing(tmp_path, cohort, capsys)
     assert metrics["acquisition"]["thickness_mm"] == 3.0  # the row's own thickness
     stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name.startswith(("a.", "second."))}
 
-    code, stdout, err = run_cli(["batch", cohort, "--out", out, "--workers", "2", *RUN], capsys)
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        code, stdout, err = run_cli(["batch", cohort, "--out", out, "--scheduler", cluster.scheduler_address, *RUN],
+                                    capsys)  # an existing cluster: only the bad series goes to it, and fails again
     assert "0 enhanced, 2 already done, 1 failed" in stdout, stdout + err
     rows = {row["name"]: row for row in csv.DictReader(open(out / "summary.csv"))}
     assert [rows[name]["status"] for name in ("a", "second", "flat")] == ["skipped", "skipped", "failed"]

@@ -13,24 +13,17 @@ import numpy as np
 import pydicom
 import pytest
 
-from SR4ZCTLib import cli
 from SR4ZCTLib.dicom_out import read_source_series, write_dicom_series
 from SR4ZCTLib.volume import Volume
 from SR4ZCTLib.volume_io import read_volume, write_volume
 
-from conftest import CHEST_DICOM, needs_shared, oblique_matrix, stacked_positions, write_dicom_series as write_source
+from conftest import CHEST_DICOM, needs_shared, oblique_matrix, run_cli, stacked_positions, write_dicom_series as write_source
 
 DCIODVFY = shutil.which("dciodvfy")
 needs_dciodvfy = pytest.mark.skipif(DCIODVFY is None, reason="dciodvfy not installed (Debian package dicom3tools; "
                                     ".ci/run installs it with apt-get where it can)")
 RUN = ["--iterations", "2", "--device", "cpu", "--progress", "none", "--seed", "3"]
 ORIENTATION = (0.8, 0.6, 0.0, -0.6, 0.8, 0.0)  # rotated in-plane: rows and columns not along x and y
-
-
-def run_cli(args, capsys):
-    code = cli.main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.fixture

@@ -16,15 +16,13 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import numpy as np
 import pydicom
 import pytest
 
-from SR4ZCTLib import cli
 from SR4ZCTLib.errors import InputError
 from SR4ZCTLib.send import parse_destination
 
-from conftest import stacked_positions, write_dicom_series
+from conftest import run_cli, stacked_positions, write_dicom_series
 
 ORTHANC = shutil.which("Orthanc")
 PACS_AET, OUR_AET = "SR4ZCTPACS", "SR4ZCTTEST"
@@ -99,12 +97,6 @@ def orthanc(tmp_path):
             process.kill()
             process.wait(timeout=5)
         log.close()
-
-
-def run_cli(args, capsys):
-    code = cli.main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ import os
 import re
 import sys
 import time
+import uuid
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Optional
@@ -28,6 +29,7 @@ SUMMARY_FIELDS = ("name", "input", "status", "seconds", "validation_psnr_db", "v
                   "error")
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 GPU = "GPU"  # the Dask worker resource a CUDA task asks for
+SCHEDULER_TIMEOUT = "30s"
 
 
 @dataclass(frozen=True)
@@ -231,9 +233,16 @@ def run_batch(series: list[Series], out: Path, settings: Settings, device: str =
             cluster = LocalCluster(n_workers=min(workers, gpus) if gpus else workers, threads_per_worker=1,
                                    processes=True, host="127.0.0.1", dashboard_address=None,
                                    resources=resources, silence_logs=40)
-        client = Client(cluster if cluster is not None else scheduler, timeout="60s")
         try:
-            futures = {client.submit(run_series, item, str(out), settings, device, threads, key=f"sr4zct-{item.name}",
+            client = Client(cluster if cluster is not None else scheduler, timeout=SCHEDULER_TIMEOUT)
+        except (OSError, TimeoutError, ValueError) as error:
+            if cluster is not None:
+                cluster.close()
+            raise InputError(f"cannot reach the Dask scheduler {scheduler or '(local)'}: {error}; check the address "
+                             "(e.g. tcp://head:8786) and that the scheduler is running") from None
+        try:
+            run_id = uuid.uuid4().hex[:8]  # tasks of two batches on one cluster never share a key
+            futures = {client.submit(run_series, item, str(out), settings, device, threads, key=f"sr4zct-{item.name}-{run_id}",
                                      resources=resources, pure=False): item for item in todo}
             bar = _bar(progress, len(series), len(series) - len(todo))
             for future in as_completed(futures):
@@ -332,12 +341,18 @@ def _batch(args) -> int:
                 Path(item.input).resolve() == (out / f"{item.name}.nrrd").resolve():
             raise InputError(f"manifest line {item.row}: the output would be written into the input {item.input}; "
                              "choose another --out")
+    created = not out.exists()
     out.mkdir(exist_ok=True)
     settings = Settings(args.profile, args.preset, args.iterations, args.seed, args.target_spacing, args.consistency,
                         args.allow_non_hu, args.force)
     series = [replace(item, thickness_mm=item.thickness_mm or args.thickness, increment_mm=item.increment_mm or
                       args.increment) for item in series]  # --thickness/--increment: defaults for blank cells
-    rows = run_batch(series, out, settings, args.device, args.workers, args.scheduler, args.progress)
+    try:
+        rows = run_batch(series, out, settings, args.device, args.workers, args.scheduler, args.progress)
+    except BaseException:
+        if created and not any(out.iterdir()):
+            out.rmdir()
+        raise
     csv_path, _ = write_summary(out, rows)
     counts = {status: sum(r["status"] == status for r in rows) for status in ("done", "skipped", "failed")}
     print(f"{counts['done']} enhanced, {counts['skipped']} already done, {counts['failed']} failed; summary: {csv_path}")
