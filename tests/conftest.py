@@ -74,3 +74,12 @@ def oblique_matrix(spacing=(0.7, 0.8, 2.5), origin=(12.5, -40.25, 101.0)) -> np.
     rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
     rotation = rotation @ np.diag([1.0, -1.0, 1.0])
     return Volume.matrix_from(origin, spacing, rotation)
+
+
+def run_cli(args, capsys):
+    """`sr4zct ARGS` in this process: (exit code, stdout, stderr)."""
+    from SR4ZCTLib import cli
+
+    code = cli.main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

@@ -1,4 +1,4 @@
-"""The `sr4zct` command line: info, enhance, simulate, demo.
+"""The `sr4zct` command line: info, enhance, simulate, demo, send, batch.
 
 Errors: one `error:` line on stderr, exit 2. Cancel (Ctrl-C or SIGTERM): exit 130. Either way
 nothing is left behind: every output is written to a temporary file and renamed at the end.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shutil
 import signal
 import sys
 import warnings
@@ -18,8 +19,11 @@ from typing import Callable, Optional
 import numpy as np
 
 from .acquisition import PROFILES, Acquisition
+from .batch import add_batch_command
+from .clinic import add_enhance_arguments, check_enhance_outputs, send_result, write_confidence, write_result
 from .errors import Cancelled, InputError, ResourceError
 from .progress import Progress, Reporter
+from .send import add_send_command
 
 EXIT_ERROR = 2
 EXIT_CANCELLED = 130
@@ -54,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     enhance = commands.add_parser("enhance", help="enhance a thick-slice CT volume")
     enhance.add_argument("input", help="DICOM series folder or .nrrd/.nii/.nii.gz/.mha file")
-    enhance.add_argument("-o", "--output", required=True, help="output volume (.nrrd, .nii, .nii.gz or .mha)")
+    enhance.add_argument("-o", "--output", required=True,
+                         help="output volume (.nrrd, .nii, .nii.gz or .mha), or a folder for a DICOM series")
     _add_acquisition_arguments(enhance)
     _add_run_arguments(enhance)
     enhance.add_argument("--target-spacing", type=_positive_float, help="output slice spacing in mm (default: in-plane)")
@@ -64,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     enhance.add_argument("--model", help="use this trained model instead of training (same protocol only)")
     enhance.add_argument("--report", help="folder for report.png and metrics.json")
     enhance.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    add_enhance_arguments(enhance)
     enhance.set_defaults(handler=_enhance)
 
     simulate = commands.add_parser("simulate", help="make thick slices from a thin-slice volume (forward model)")
@@ -80,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="sr4zct-demo", help="folder for enhanced.nrrd, report.png, metrics.json")
     _add_run_arguments(demo)
     demo.set_defaults(handler=_demo)
+    add_send_command(commands)
+    add_batch_command(commands, _add_acquisition_arguments, _add_run_arguments)
     return parser
 
 
@@ -174,7 +182,8 @@ def _run_options(args):
 
     return EnhanceOptions(preset=args.preset, iterations=args.iterations, device=args.device, seed=args.seed,
                           consistency_iterations=args.consistency, allow_non_hu=args.allow_non_hu, force=args.force,
-                          target_spacing_mm=getattr(args, "target_spacing", None))
+                          target_spacing_mm=getattr(args, "target_spacing", None),
+                          confidence=bool(getattr(args, "confidence", None)))
 
 
 class _Outputs:
@@ -188,19 +197,21 @@ class _Outputs:
 
     def roll_back(self) -> None:
         for path in self.paths:
-            if path.exists():
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
                 path.unlink()
 
 
 def _finish(volume, geometry, result, output: Path, args, outputs: _Outputs, report_folder: Optional[str]) -> None:
     from .report import write_report
-    from .volume_io import write_volume
 
-    outputs.add(write_volume(result.volume, output, overwrite=args.overwrite))
+    outputs.add(write_result(result, geometry, output, args))
+    outputs.add(*filter(None, [write_confidence(result, args)]))
     if getattr(args, "save_model", None):
         outputs.add(result.model.save(args.save_model))
     if report_folder:
-        outputs.add(*write_report(report_folder, volume, geometry, result.volume, result.metrics))
+        outputs.add(*write_report(report_folder, volume, geometry, result.volume, result.metrics, result.confidence))
 
 
 def _run_enhance(volume, geometry, notes, output: Path, args, report_folder: Optional[str], model=None) -> dict:
@@ -237,9 +248,8 @@ def _print_summary(metrics: dict, output: Path) -> None:
 
 def _enhance(args) -> int:
     from .enhance import TrainedModel
-    from .volume_io import check_output_path
 
-    output = check_output_path(args.output, [args.input], args.overwrite)
+    output = check_enhance_outputs(args)
     for path in (args.save_model, args.report):
         if path and Path(path).resolve() == Path(args.input).resolve():
             raise InputError(f"{path} would overwrite the input; choose another path")
@@ -247,7 +257,7 @@ def _enhance(args) -> int:
     volume, geometry, notes = _read_geometry(args)
     metrics = _run_enhance(volume, geometry, notes, output, args, args.report, model)
     _print_summary(metrics, output)
-    return 0
+    return send_result(output, args)
 
 
 def _simulate(args) -> int:

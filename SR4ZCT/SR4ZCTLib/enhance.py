@@ -11,11 +11,12 @@ import numpy as np
 import torch
 
 from .acquisition import Acquisition
+from .confidence import PassDifference, confidence_volume
 from .device import resolve_device
 from .errors import InputError
 from .inference import VIEWS, enhance_stack, resample_along_axis0
 from .intensity import Normalisation, check_intensities
-from .memory import check_memory, estimate_memory_bytes
+from .memory import check_memory, estimate_memory_bytes, fine_grid_size
 from .networks import build_network
 from .progress import Reporter
 from .training import PRESETS, preset, train_network
@@ -40,6 +41,7 @@ class EnhanceOptions:
     allow_non_hu: bool = False
     force: bool = False  # skip the memory check
     batch_size: Optional[int] = None
+    confidence: bool = False  # also return the coronal/sagittal disagreement map (confidence.py)
 
 
 @dataclass
@@ -106,6 +108,7 @@ class EnhanceResult:
     volume: Volume
     model: Optional[TrainedModel]
     metrics: dict
+    confidence: Optional[Volume] = None  # |coronal - sagittal| in HU on the output grid, when asked for
 
 
 def enhance(
@@ -158,10 +161,12 @@ def enhance(
         timings["training_s"] = result.metrics["training_seconds"] + result.metrics["pair_setup_seconds"]
     consistency = config.consistency_iterations if options.consistency_iterations is None else options.consistency_iterations
     inference_started = time.perf_counter()
+    fine_shape = (fine_grid_size(stack.shape[0], acquisition.increment_mm, grid_spacing),) + stack.shape[1:]
+    passes = PassDifference(fine_shape, options.views) if options.confidence else None
     enhanced = enhance_stack(
         stack, acquisition, grid_spacing, model.network, normalisation.forward, normalisation.inverse, device,
         views=tuple(options.views), consistency_iterations=int(consistency), batch_size=options.batch_size,
-        reporter=reporter,
+        reporter=reporter, on_pass=passes,
     )
     if abs(target - grid_spacing) > 1e-9:
         enhanced = resample_along_axis0(enhanced, grid_spacing, target)
@@ -173,6 +178,7 @@ def enhance(
         ijk_to_world=enhanced_matrix(volume, geometry.axis, target),
         source=volume.source,
     )
+    confidence = confidence_volume(passes, normalisation.scale, grid_spacing, target, array_axis, output.ijk_to_world)
     timings["total_s"] = time.perf_counter() - started
     metrics = {
         "preset": options.preset,
@@ -188,7 +194,7 @@ def enhance(
         "timings": timings,
         "training": dict(model.metrics),
     }
-    return EnhanceResult(volume=output, model=model, metrics=metrics)
+    return EnhanceResult(volume=output, model=model, metrics=metrics, confidence=confidence)
 
 
 def _in_plane_spacing_for_stack(volume: Volume, axis: int) -> tuple[float, float]:

@@ -7,7 +7,7 @@ with the measured thick slices: y += U (b - S y), S the forward model, U linear 
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -79,10 +79,12 @@ def enhance_stack(
     consistency_iterations: int = 1,
     batch_size: Optional[int] = None,
     reporter: Optional[Reporter] = None,
+    on_pass: Optional[Callable[[str, tuple, torch.Tensor], None]] = None,
 ) -> torch.Tensor:
     """Enhance a stack (n_slices, rows, cols) whose axis 0 is through-plane; returns (n_fine, rows, cols) in HU.
 
     network None gives plain linear interpolation (plus the consistency step if asked), the baseline.
+    on_pass(view, region, block) sees each view's network output before fusion (block = enhanced[region]).
     """
     reporter = reporter or Reporter()
     n_slices, rows, cols = thick.shape
@@ -107,10 +109,13 @@ def enhance_stack(
                 stop = min(start + step, lines)
                 if view == "coronal":  # images (z, column) for rows start..stop
                     block = torch.einsum("fs,srC->rfC", upsample, measured[:, start:stop, :])
-                    enhanced[:, start:stop, :] += weight * run(block).permute(1, 0, 2)
+                    region, result = (slice(None), slice(start, stop)), run(block).permute(1, 0, 2)
                 else:  # images (z, row) for columns start..stop
                     block = torch.einsum("fs,sRc->cfR", upsample, measured[:, :, start:stop])
-                    enhanced[:, :, start:stop] += weight * run(block).permute(1, 2, 0)
+                    region, result = (slice(None), slice(None), slice(start, stop)), run(block).permute(1, 2, 0)
+                enhanced[region] += weight * result
+                if on_pass is not None:  # e.g. the confidence map: each view's own result, network units
+                    on_pass(view, region, result)
                 done += stop - start
                 reporter.step("inference", done / total, f"{view} slices {stop}/{lines}")
     if consistency_iterations > 0:

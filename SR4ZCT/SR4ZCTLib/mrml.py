@@ -136,3 +136,36 @@ def write_node(node, path: str) -> None:
             raise InputError(f"could not write {node.GetName()} to {path}; check free disk space")
     finally:
         scene.RemoveNode(storage)
+
+
+CONFIDENCE_COLOURS = ("vtkMRMLColorTableNodeFileInferno.txt", "vtkMRMLPETProceduralColorNodePET-Heat",
+                      "vtkMRMLColorTableNodeRainbow")  # the first one the scene has colours the confidence map
+
+
+def add_confidence_node(volume: Volume, scene, result_node, name: str = "SR4ZCT confidence"):
+    """The disagreement map (HU, RAS Volume) as a colour-mapped node linked to the result; returns the node."""
+    node = node_from_volume(volume, scene, name)
+    node.SetAttribute("SR4ZCT.confidenceOf", result_node.GetID())
+    display = node.GetDisplayNode()
+    colour = next((scene.GetNodeByID(i) for i in CONFIDENCE_COLOURS if scene.GetNodeByID(i) is not None), None)
+    if display is not None:
+        if colour is not None:
+            display.SetAndObserveColorNodeID(colour.GetID())
+        top = max(float(np.percentile(volume.array, 99.5)), 1.0)
+        display.SetAutoWindowLevel(False)
+        display.SetWindowLevelMinMax(0.0, top)
+    place_beside(node, result_node)
+    return node
+
+
+def place_beside(node, reference) -> None:
+    """Put node in the reference's study in the subject hierarchy, so Slicer's DICOM export files it there."""
+    import slicer
+
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(node.GetScene())
+    reference_item = hierarchy.GetItemByDataNode(reference) if hierarchy is not None else 0
+    if not reference_item:
+        return
+    parent = hierarchy.GetItemParent(reference_item)
+    item = hierarchy.GetItemByDataNode(node) or hierarchy.CreateItem(parent, node)
+    hierarchy.SetItemParent(item, parent)

@@ -1,0 +1,363 @@
+"""`sr4zct batch`: enhance a cohort, one series per task, on Dask (a local cluster or an existing scheduler).
+
+Manifest: a CSV with a header; columns `input` (required), `thickness`, `increment`, `output` (a
+name, default the input's); blank thickness/increment cells take --thickness/--increment, then the
+series' own DICOM SliceThickness and slice positions, as `enhance` does. Each row becomes one task that writes OUT/NAME.nrrd and
+OUT/NAME.metrics.json (atomically); a row whose output and metrics exist with the same settings
+is skipped, so an interrupted batch resumes. A bad series fails alone: its error goes to the
+summary and the other tasks go on. GPUs are Dask worker resources: a task on CUDA asks for
+{"GPU": 1}, so each GPU runs one task at a time. Summary: OUT/summary.csv and OUT/summary.json.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import re
+import sys
+import time
+import uuid
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Optional
+
+from .errors import InputError
+
+SUMMARY_FIELDS = ("name", "input", "status", "seconds", "validation_psnr_db", "validation_linear_psnr_db", "output",
+                  "error")
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+GPU = "GPU"  # the Dask worker resource a CUDA task asks for
+SCHEDULER_TIMEOUT = "30s"
+
+
+@dataclass(frozen=True)
+class Series:
+    """One manifest row."""
+
+    row: int
+    input: str
+    name: str
+    thickness_mm: Optional[float]
+    increment_mm: Optional[float]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a result depends on besides its input; a stored result is reused only for the same settings."""
+
+    profile: str = "box"
+    preset: str = "fast"
+    iterations: Optional[int] = None
+    seed: int = 0
+    target_spacing_mm: Optional[float] = None
+    consistency_iterations: Optional[int] = None
+    allow_non_hu: bool = False
+    force: bool = False  # skip the memory check (does not change the result)
+
+
+def read_manifest(path: str | os.PathLike) -> list[Series]:
+    """Parse and check the manifest (columns, numbers, unique safe names); relative inputs are from its folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"manifest {path} does not exist; give a CSV with a header row: input,thickness,increment,output")
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        rows = list(reader)
+        fields = [f.strip() for f in (reader.fieldnames or [])]
+    if "input" not in fields:
+        raise InputError(f"manifest {path.name} has no `input` column; the first line must be a header, e.g. "
+                         "input,thickness,increment,output")
+    unknown = set(fields) - {"input", "thickness", "increment", "output"}
+    if unknown:
+        raise InputError(f"manifest {path.name}: unknown column(s) {', '.join(sorted(unknown))}; "
+                         "use input,thickness,increment,output")
+    series, names = [], {}
+    for number, row in enumerate(rows, start=2):
+        row = {key.strip(): (value or "").strip() for key, value in row.items() if key}
+        if not row.get("input"):
+            raise InputError(f"manifest {path.name}, line {number}: empty input; give a file or DICOM folder path")
+        source = Path(row["input"])
+        source = source if source.is_absolute() else path.resolve().parent / source
+        name = row.get("output") or _default_name(source)
+        name = name[:-5] if name.endswith(".nrrd") else name
+        if not SAFE_NAME.match(name):
+            raise InputError(f"manifest {path.name}, line {number}: output name {name!r} must be a plain file name "
+                             "(letters, digits, . _ -)")
+        if name in names:
+            raise InputError(f"manifest {path.name}, lines {names[name]} and {number} both write {name}; "
+                             "give distinct output names")
+        names[name] = number
+        series.append(Series(number, str(source), name, _number(row, "thickness", path, number),
+                             _number(row, "increment", path, number)))
+    if not series:
+        raise InputError(f"manifest {path.name} lists no series; add one row per series below the header")
+    return series
+
+
+def _default_name(source: Path) -> str:
+    name = source.name
+    for suffix in (".nii.gz", ".nrrd", ".nhdr", ".nii", ".mha", ".mhd"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _number(row: dict, key: str, path: Path, number: int) -> Optional[float]:
+    text = row.get(key, "")
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise InputError(f"manifest {path.name}, line {number}: {key} {text!r} must be a positive number of mm")
+    return value
+
+
+def input_identity(path: str) -> list:
+    """Size and modification time of the input (all files of a DICOM folder): a changed input is redone."""
+    source = Path(path)
+    files = sorted(p for p in source.iterdir() if p.is_file()) if source.is_dir() else [source]
+    stats = [p.stat() for p in files if p.exists()]
+    return [len(stats), sum(s.st_size for s in stats), max((s.st_mtime_ns for s in stats), default=0)]
+
+
+def task_key(series: Series, settings: Settings) -> dict:
+    """Everything the stored result must match to be reused."""
+    return {"input": series.input, "input_identity": input_identity(series.input) if Path(series.input).exists() else None,
+            "thickness_mm": series.thickness_mm, "increment_mm": series.increment_mm,
+            **{k: v for k, v in asdict(settings).items() if k != "force"}}
+
+
+def result_paths(out: Path, series: Series) -> tuple[Path, Path]:
+    return out / f"{series.name}.nrrd", out / f"{series.name}.metrics.json"
+
+
+def already_done(out: Path, series: Series, settings: Settings) -> Optional[dict]:
+    """The stored metrics when output and metrics exist with the same settings, else None."""
+    output, metrics_path = result_paths(out, series)
+    if not (output.is_file() and metrics_path.is_file()):
+        return None
+    try:
+        metrics = json.loads(metrics_path.read_text())
+    except (OSError, ValueError):
+        return None
+    return metrics if metrics.get("batch_key") == json.loads(json.dumps(task_key(series, settings))) else None
+
+
+def run_series(series: Series, out: str, settings: Settings, device: str, threads: int) -> dict:
+    """One task (runs on a Dask worker): enhance one series and write its output and metrics; never raises."""
+    started = time.perf_counter()
+    row = {"name": series.name, "input": series.input, "status": "failed", "seconds": 0.0,
+           "validation_psnr_db": None, "validation_linear_psnr_db": None, "output": "", "error": ""}
+    try:
+        metrics = _enhance_one(series, Path(out), settings, _worker_device(device), threads)
+        training = metrics.get("training", {})
+        row.update(status="done", output=str(result_paths(Path(out), series)[0]),
+                   validation_psnr_db=training.get("validation_psnr_db"),
+                   validation_linear_psnr_db=training.get("validation_linear_psnr_db"))
+    except Exception as error:  # one bad series fails alone, with its message in the summary
+        row["error"] = str(error) if isinstance(error, InputError) else f"{error.__class__.__name__}: {error}"
+    row["seconds"] = round(time.perf_counter() - started, 2)
+    return row
+
+
+def _worker_device(device: str) -> str:
+    """On a worker of a local GPU cluster, use the GPU numbered like the worker (one worker per GPU)."""
+    if device != "cuda":
+        return device
+    import torch
+
+    try:
+        from distributed import get_worker
+
+        index = int(get_worker().name)
+    except (ImportError, ValueError, TypeError):
+        index = 0
+    if torch.cuda.device_count() > 1:
+        torch.cuda.set_device(index % torch.cuda.device_count())
+    return device
+
+
+def _enhance_one(series: Series, out: Path, settings: Settings, device: str, threads: int) -> dict:
+    import torch
+
+    from .enhance import EnhanceOptions, enhance
+    from .volume import read_through_plane_geometry
+    from .volume_io import read_volume, write_atomically, write_volume
+
+    torch.set_num_threads(max(1, threads))
+    key = task_key(series, settings)
+    volume = read_volume(series.input)
+    geometry, notes = read_through_plane_geometry(volume, series.thickness_mm, series.increment_mm, settings.profile)
+    options = EnhanceOptions(preset=settings.preset, iterations=settings.iterations, device=device, seed=settings.seed,
+                             target_spacing_mm=settings.target_spacing_mm,
+                             consistency_iterations=settings.consistency_iterations, allow_non_hu=settings.allow_non_hu,
+                             force=settings.force)
+    result = enhance(volume, geometry, options)
+    output, metrics_path = result_paths(out, series)
+    metrics = dict(result.metrics, warnings=notes, batch_key=key)
+    metrics["training"] = {k: v for k, v in metrics["training"].items() if k != "history"}
+    write_volume(result.volume, output, overwrite=True)
+    write_atomically(metrics_path, lambda name: Path(name).write_text(json.dumps(metrics, indent=2, default=float)))
+    return metrics
+
+
+def run_batch(series: list[Series], out: Path, settings: Settings, device: str = "auto", workers: int = 1,
+              scheduler: Optional[str] = None, progress: str = "bar") -> list[dict]:
+    """Skip finished rows, run the rest as Dask tasks, and return one summary row per series (manifest order)."""
+    from distributed import Client, LocalCluster, as_completed
+
+    summary: dict[int, dict] = {}
+    todo = []
+    for item in series:
+        done = already_done(out, item, settings)
+        if done is None:
+            todo.append(item)
+        else:
+            training = done.get("training", {})
+            summary[item.row] = {"name": item.name, "input": item.input, "status": "skipped", "seconds": 0.0,
+                                 "validation_psnr_db": training.get("validation_psnr_db"),
+                                 "validation_linear_psnr_db": training.get("validation_linear_psnr_db"),
+                                 "output": str(result_paths(out, item)[0]), "error": ""}
+    if todo:
+        device = _batch_device(device)
+        resources = {GPU: 1} if device == "cuda" else None
+        threads = max(1, (os.cpu_count() or 1) // max(1, workers))
+        cluster = None
+        if scheduler is None:
+            gpus = _gpu_count() if device == "cuda" else 0
+            cluster = LocalCluster(n_workers=min(workers, gpus) if gpus else workers, threads_per_worker=1,
+                                   processes=True, host="127.0.0.1", dashboard_address=None,
+                                   resources=resources, silence_logs=40)
+        try:
+            client = Client(cluster if cluster is not None else scheduler, timeout=SCHEDULER_TIMEOUT)
+        except (OSError, TimeoutError, ValueError) as error:
+            if cluster is not None:
+                cluster.close()
+            raise InputError(f"cannot reach the Dask scheduler {scheduler or '(local)'}: {error}; check the address "
+                             "(e.g. tcp://head:8786) and that the scheduler is running") from None
+        try:
+            run_id = uuid.uuid4().hex[:8]  # tasks of two batches on one cluster never share a key
+            futures = {client.submit(run_series, item, str(out), settings, device, threads, key=f"sr4zct-{item.name}-{run_id}",
+                                     resources=resources, pure=False): item for item in todo}
+            bar = _bar(progress, len(series), len(series) - len(todo))
+            for future in as_completed(futures):
+                item = futures[future]
+                try:
+                    summary[item.row] = future.result()
+                except Exception as error:  # the worker died, or the task could not be run at all
+                    summary[item.row] = {"name": item.name, "input": item.input, "status": "failed", "seconds": 0.0,
+                                         "validation_psnr_db": None, "validation_linear_psnr_db": None, "output": "",
+                                         "error": f"{error.__class__.__name__}: {error}"}
+                _tick(bar, progress, summary[item.row])
+            _close(bar)
+        finally:
+            client.close()
+            if cluster is not None:
+                cluster.close()
+    return [summary[item.row] for item in series]
+
+
+def _gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _batch_device(device: str) -> str:
+    if device != "auto":
+        return device
+    return "cuda" if _gpu_count() else "cpu"
+
+
+def _bar(progress: str, total: int, done: int):
+    if progress != "bar":
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=done, desc="series", unit="series", file=sys.stderr)
+
+
+def _tick(bar, progress: str, row: dict) -> None:
+    if bar is not None:
+        bar.set_postfix_str(f"{row['name']}: {row['status']}", refresh=False)
+        bar.update(1)
+    elif progress == "json":
+        sys.stderr.write(json.dumps({"stage": "batch", "series": row["name"], "status": row["status"]}) + "\n")
+
+
+def _close(bar) -> None:
+    if bar is not None:
+        bar.close()
+
+
+def write_summary(out: Path, rows: list[dict]) -> tuple[Path, Path]:
+    """summary.csv and summary.json in out, each written atomically."""
+    from .volume_io import write_atomically
+
+    def write_csv(name: str) -> None:
+        with open(name, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=SUMMARY_FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    csv_path = write_atomically(out / "summary.csv", write_csv)
+    json_path = write_atomically(out / "summary.json",
+                                 lambda name: Path(name).write_text(json.dumps(rows, indent=2, allow_nan=False)))
+    return csv_path, json_path
+
+
+def add_batch_command(commands, *argument_groups) -> None:
+    """Register `sr4zct batch MANIFEST.csv --out DIR [--workers N] [--scheduler ADDRESS]` plus the run options.
+
+    argument_groups: functions adding the options `enhance` has (acquisition defaults, preset, device...).
+    """
+    batch = commands.add_parser("batch", help="enhance every series of a CSV manifest on Dask (resumable)")
+    batch.add_argument("manifest", help="CSV with a header: input,thickness,increment,output")
+    batch.add_argument("--out", required=True, help="folder for NAME.nrrd, NAME.metrics.json and the summary")
+    batch.add_argument("--workers", type=int, default=1, help="local Dask workers (default 1; with GPUs, one per GPU)")
+    batch.add_argument("--scheduler", help="address of a running Dask scheduler, e.g. tcp://head:8786")
+    batch.add_argument("--target-spacing", type=float, help="output slice spacing in mm (default: in-plane)")
+    for add in argument_groups:
+        add(batch)
+    batch.set_defaults(handler=_batch)
+
+
+def _batch(args) -> int:
+    if args.workers < 1:
+        raise InputError(f"--workers {args.workers}: give at least 1")
+    series = read_manifest(args.manifest)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file; give a folder")
+    if not out.resolve().parent.is_dir():
+        raise InputError(f"the parent of --out {out} does not exist; create it first")
+    for item in series:
+        if Path(item.input).resolve() in (out / f"{item.name}.nrrd").resolve().parents or \
+                Path(item.input).resolve() == (out / f"{item.name}.nrrd").resolve():
+            raise InputError(f"manifest line {item.row}: the output would be written into the input {item.input}; "
+                             "choose another --out")
+    created = not out.exists()
+    out.mkdir(exist_ok=True)
+    settings = Settings(args.profile, args.preset, args.iterations, args.seed, args.target_spacing, args.consistency,
+                        args.allow_non_hu, args.force)
+    series = [replace(item, thickness_mm=item.thickness_mm or args.thickness, increment_mm=item.increment_mm or
+                      args.increment) for item in series]  # --thickness/--increment: defaults for blank cells
+    try:
+        rows = run_batch(series, out, settings, args.device, args.workers, args.scheduler, args.progress)
+    except BaseException:
+        if created and not any(out.iterdir()):
+            out.rmdir()
+        raise
+    csv_path, _ = write_summary(out, rows)
+    counts = {status: sum(r["status"] == status for r in rows) for status in ("done", "skipped", "failed")}
+    print(f"{counts['done']} enhanced, {counts['skipped']} already done, {counts['failed']} failed; summary: {csv_path}")
+    if counts["failed"]:
+        first = next(r for r in rows if r["status"] == "failed")
+        raise InputError(f"{counts['failed']} of {len(rows)} series failed (first: {first['name']}: {first['error']}); "
+                         f"see {csv_path}")
+    return 0

@@ -1,0 +1,321 @@
+"""The result as a derived DICOM CT series: one file per output slice, published as a whole folder.
+
+Patient, study and FrameOfReferenceUID come from the source series (or, for a NRRD/NIfTI input,
+patient and study from a template series and a new frame of reference). Every slice gets a new
+SOPInstanceUID in a new series, the output grid's geometry, the source's contrast window and
+references to the source slices it was made from. The files are written to a hidden staging
+folder beside the target, read back and checked (geometry to 1e-3 mm, voxels equal), then the
+folder is renamed into place.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from .errors import InputError
+from .volume import Volume
+
+GEOMETRY_TOLERANCE_MM = 1e-3
+PATIENT_STUDY_TAGS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "PatientAge", "StudyInstanceUID",
+                      "StudyDate", "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName",
+                      "StudyDescription", "SpecificCharacterSet")
+TYPE2_DEFAULTS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "StudyID",
+                  "AccessionNumber", "ReferringPhysicianName")
+SERIES_TAGS = ("BodyPartExamined", "Laterality", "PatientPosition")  # copied when the source has them
+WINDOW_TAGS = ("WindowCenter", "WindowWidth", "WindowCenterWidthExplanation")
+DEFAULT_WINDOW = (40.0, 400.0)  # soft tissue, when the source gives none
+SERIES_NUMBER_OFFSET = 1000  # the derived series is numbered after the source's
+
+
+@dataclass
+class SourceSeries:
+    """What the derived series copies from its source (or template) series."""
+
+    header: object  # pydicom Dataset of one source slice (no pixels)
+    instances: list[tuple[str, str, float]] = field(default_factory=list)  # (SOP class, SOP instance, along normal)
+    is_template: bool = False  # a template gives patient and study only: no frame of reference, no references
+    folder: str = ""
+
+
+def read_source_series(folder: str | os.PathLike, is_template: bool = False) -> SourceSeries:
+    """Headers of one DICOM series folder (sorted along the slice normal); refuses anything else."""
+    import pydicom
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"DICOM series folder {folder} does not exist; give the folder of a DICOM series")
+    headers = []
+    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+        try:
+            header = pydicom.dcmread(str(path), stop_before_pixels=True)
+        except Exception:  # not DICOM: skip, as the reader does
+            continue
+        if "SOPInstanceUID" in header and "StudyInstanceUID" in header:
+            headers.append(header)
+    if not headers:
+        raise InputError(f"no DICOM images with study and instance UIDs in {folder}; give a DICOM series folder")
+    if len({str(h.get("SeriesInstanceUID", "")) for h in headers}) > 1:
+        raise InputError(f"{folder} holds several DICOM series; give a folder with one series")
+    instances = [(str(h.SOPClassUID), str(h.SOPInstanceUID), _along_normal(h)) for h in headers]
+    instances.sort(key=lambda item: item[2])
+    return SourceSeries(headers[0], instances, is_template, str(folder))
+
+
+def _along_normal(header) -> float:
+    if "ImagePositionPatient" not in header or "ImageOrientationPatient" not in header:
+        return 0.0
+    orientation = np.array([float(v) for v in header.ImageOrientationPatient])
+    return float(np.array([float(v) for v in header.ImagePositionPatient]) @ np.cross(orientation[:3], orientation[3:]))
+
+
+def is_dicom_output(path: str | os.PathLike, fmt: Optional[str]) -> bool:
+    """DICOM when asked for, or when the output is a folder: an existing one, or a name without any suffix."""
+    path = Path(path)
+    return fmt == "dicom" or (fmt is None and (path.is_dir() or path.suffix == ""))
+
+
+def check_dicom_output(output: str | os.PathLike, inputs: list[str | os.PathLike], overwrite: bool = False) -> Path:
+    """Refuse a series folder that is, holds or lies inside an input, exists (without overwrite), or cannot be made."""
+    output = Path(output)
+    target = output.resolve()
+    for source in inputs:
+        source = Path(source).resolve()
+        source = source.parent if source.suffix.lower() == ".dcm" else source  # a slice stands for its series
+        inside_input = source.is_dir() and source in target.parents
+        if target == source or inside_input or target in source.parents:
+            raise InputError(f"output folder {output} would be written into or over the input {source}; "
+                             "choose a folder outside the input's")
+    if output.exists() and not output.is_dir():
+        raise InputError(f"output {output} is a file; a DICOM series is written as a folder: choose a folder name")
+    if output.exists() and any(output.iterdir()) and not overwrite:
+        raise InputError(f"output folder {output} exists; choose another folder or pass --overwrite")
+    parent = target.parent
+    if not parent.is_dir():
+        raise InputError(f"output folder's parent {parent} does not exist; create it first")
+    if not os.access(parent, os.W_OK):
+        raise InputError(f"output folder's parent {parent} is not writable; choose another output path")
+    return output
+
+
+def source_for(input_path: str | os.PathLike, template: Optional[str]) -> SourceSeries:
+    """The series the output copies from: the DICOM input itself, else the template; refuses neither."""
+    from .volume_io import _suffix
+
+    path = Path(input_path)
+    if path.is_dir() or _suffix(path) == ".dcm":
+        return read_source_series(path if path.is_dir() else path.parent)
+    if template is None:
+        raise InputError(f"{path.name} is not DICOM, so it has no patient or study to put the DICOM series in; "
+                         "give --dicom-template DIR (a DICOM series of the same patient and study)")
+    return read_source_series(template, is_template=True)
+
+
+def dicom_layout(volume: Volume, axis: int) -> tuple[np.ndarray, np.ndarray, bool]:
+    """(images (n, rows, cols), series IJK-to-world as a DICOM reader sees it, reversed) for slices along ijk axis.
+
+    Columns run along the lower remaining ijk axis, rows along the higher; slices are ordered
+    along the image normal (row cosine x column cosine), reversing the stack where needed.
+    """
+    columns_axis, rows_axis = [a for a in (0, 1, 2) if a != axis]
+    directions, spacing = volume.directions, volume.spacing
+    normal = np.cross(directions[:, columns_axis], directions[:, rows_axis])
+    reversed_ = float(normal @ directions[:, axis]) < 0
+    images = np.moveaxis(volume.array, 2 - axis, 0)
+    first = volume.ijk_to_world[:3, axis] * (volume.array.shape[2 - axis] - 1) if reversed_ else np.zeros(3)
+    if reversed_:
+        images = images[::-1]
+    matrix = Volume.matrix_from(volume.origin + first, (spacing[columns_axis], spacing[rows_axis], spacing[axis]),
+                                np.stack([directions[:, columns_axis], directions[:, rows_axis], normal], axis=1))
+    return images, matrix, reversed_
+
+
+def rescale_for(array: np.ndarray) -> tuple[float, float]:
+    """(slope, intercept) that store the voxels as int16: exact for integer voxels in range."""
+    low, high = float(array.min()), float(array.max())
+    if np.issubdtype(array.dtype, np.integer) and low >= -32768 and high <= 32767:
+        return 1.0, 0.0
+    slope = max((high - low) / 65000.0, 1e-6)
+    return slope, (high + low) / 2.0
+
+
+def derived_series(volume: Volume, axis: int, source: SourceSeries, input_name: str) -> list:
+    """The derived CT datasets, one per output slice, in order along the normal (nothing written)."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    from . import __version__
+
+    images, matrix, _ = dicom_layout(volume, axis)
+    slope, intercept = rescale_for(images)
+    spacing = float(volume.spacing[axis])
+    header = source.header
+    series_uid = generate_uid()
+    frame_of_reference = generate_uid() if source.is_template else str(header.get("FrameOfReferenceUID") or generate_uid())
+    row_cosine, column_cosine, normal = matrix[:3, 0] / np.linalg.norm(matrix[:3, 0]), \
+        matrix[:3, 1] / np.linalg.norm(matrix[:3, 1]), matrix[:3, 2] / np.linalg.norm(matrix[:3, 2])
+    source_description = "" if source.is_template else str(header.get("SeriesDescription", "") or "")
+    description = f"SR4ZCT {spacing:g} mm" + (f" {source_description}" if source_description else "")
+    derivation = (f"SR4ZCT {__version__}: self-supervised through-plane enhancement of "
+                  + (f"series {header.SeriesInstanceUID}" if not source.is_template else input_name)
+                  + f" to {spacing:g} mm slices")
+    now = _now()
+    datasets = []
+    for index, image in enumerate(images):
+        position = matrix[:3, 3] + index * matrix[:3, 2]
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = FileDataset(f"{index:05d}.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
+        for tag in PATIENT_STUDY_TAGS:
+            if tag in header:
+                setattr(ds, tag, header[tag].value)
+        for tag in TYPE2_DEFAULTS:
+            if tag not in ds:
+                setattr(ds, tag, "")
+        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+        ds.Modality, ds.SeriesInstanceUID = "CT", series_uid
+        ds.SeriesNumber = int(header.get("SeriesNumber") or 0) + SERIES_NUMBER_OFFSET
+        ds.SeriesDescription = description[:64]
+        ds.FrameOfReferenceUID, ds.PositionReferenceIndicator = frame_of_reference, ""
+        ds.Manufacturer, ds.SoftwareVersions = "SR4ZCT", __version__
+        ds.SeriesDate = ds.ContentDate = now[0]
+        ds.SeriesTime = ds.ContentTime = now[1]
+        ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
+        ds.DerivationDescription = derivation[:1024]
+        ds.InstanceNumber = index + 1
+        ds.ImagePositionPatient = [_ds(v) for v in position]
+        ds.ImageOrientationPatient = [_ds(v) for v in (*row_cosine, *column_cosine)]
+        ds.PixelSpacing = [_ds(np.linalg.norm(matrix[:3, 1])), _ds(np.linalg.norm(matrix[:3, 0]))]
+        ds.SliceThickness = ds.SpacingBetweenSlices = _ds(spacing)
+        ds.SliceLocation = _ds(float(position @ normal))
+        ds.KVP = header.get("KVP", "") if not source.is_template else ""
+        for tag in SERIES_TAGS if not source.is_template else ():
+            if tag in header:
+                setattr(ds, tag, header[tag].value)
+        for tag in ("Laterality", "PatientPosition"):  # type 2C for CT: present, empty when unknown
+            if tag not in ds:
+                setattr(ds, tag, "")
+        ds.AcquisitionNumber = ""
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.Rows, ds.Columns = image.shape
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = _ds(slope), _ds(intercept), "HU"
+        _copy_window(ds, header)
+        if not source.is_template:
+            references = _contributing(source, float(position @ normal))
+            ds.SourceImageSequence = Sequence([_reference(sop_class, uid) for sop_class, uid in references])
+            series_item = _item(SeriesInstanceUID=str(header.SeriesInstanceUID))
+            series_item.ReferencedInstanceSequence = Sequence([_reference(c, u) for c, u in references])
+            ds.ReferencedSeriesSequence = Sequence([series_item])
+        stored = np.round((np.asarray(image, dtype=np.float64) - intercept) / slope)
+        ds.PixelData = np.clip(stored, -32768, 32767).astype("<i2").tobytes()
+        datasets.append(ds)
+    return datasets
+
+
+def _ds(value: float) -> str:
+    """A decimal string (DS, at most 16 characters) close to value."""
+    text = f"{float(value):.10g}"
+    return text if len(text) <= 16 else f"{float(value):.8g}"
+
+
+def _now() -> tuple[str, str]:
+    import datetime
+
+    now = datetime.datetime.now()
+    return now.strftime("%Y%m%d"), now.strftime("%H%M%S")
+
+
+def _item(**values):
+    from pydicom.dataset import Dataset
+
+    item = Dataset()
+    for key, value in values.items():
+        setattr(item, key, value)
+    return item
+
+
+def _reference(sop_class: str, uid: str):
+    return _item(ReferencedSOPClassUID=sop_class, ReferencedSOPInstanceUID=uid)
+
+
+def _contributing(source: SourceSeries, along: float) -> list[tuple[str, str]]:
+    """The source slices an output slice at `along` was interpolated from (the nearest one or two)."""
+    positions = np.array([p for _, _, p in source.instances])
+    order = np.argsort(np.abs(positions - along), kind="stable")[:2]
+    if len(order) == 2 and abs(positions[order[0]] - along) < 1e-3:
+        order = order[:1]
+    return [source.instances[i][:2] for i in sorted(order)]
+
+
+def _copy_window(ds, header) -> None:
+    if "WindowCenter" in header and "WindowWidth" in header:
+        for tag in WINDOW_TAGS:
+            if tag in header:
+                setattr(ds, tag, header[tag].value)
+    else:
+        ds.WindowCenter, ds.WindowWidth = _ds(DEFAULT_WINDOW[0]), _ds(DEFAULT_WINDOW[1])
+
+
+def write_dicom_series(volume: Volume, axis: int, folder: str | os.PathLike, source: SourceSeries, input_name: str,
+                       overwrite: bool = False) -> Path:
+    """Write the derived series into a staging folder beside `folder`, verify it, and rename it into place."""
+    folder = Path(folder)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".partial", dir=folder.resolve().parent))
+    try:
+        datasets = derived_series(volume, axis, source, input_name)
+        for index, ds in enumerate(datasets):
+            ds.save_as(str(staging / f"{index + 1:05d}.dcm"), enforce_file_format=True)
+        verify_dicom_series(staging, volume, axis, len(datasets))
+        os.chmod(staging, 0o777 & ~_umask())
+        _publish_folder(staging, folder, overwrite)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return folder
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _publish_folder(staging: Path, folder: Path, overwrite: bool) -> None:
+    """Rename staging to folder; an existing folder is replaced only with overwrite (moved aside, then removed)."""
+    if folder.exists() and not any(folder.iterdir()):
+        folder.rmdir()
+    if not folder.exists():
+        os.rename(staging, folder)
+        return
+    if not overwrite:
+        raise InputError(f"output folder {folder} appeared during the run; the result was not written, run again")
+    aside = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".old", dir=folder.resolve().parent))
+    os.rename(folder, aside / folder.name)
+    os.rename(staging, folder)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def verify_dicom_series(folder: Path, volume: Volume, axis: int, count: int) -> None:
+    """Read the written series back: file count, geometry within 1e-3 mm and voxels equal, or raise."""
+    from .volume_io import read_dicom_series
+
+    files = [p for p in folder.iterdir() if p.suffix == ".dcm"]
+    if len(files) != count:
+        raise OSError(f"wrote {count} DICOM files but found {len(files)} in {folder}; check free disk space")
+    images, matrix, _ = dicom_layout(volume, axis)
+    back = read_dicom_series(folder)
+    if back.array.shape != images.shape or np.abs(back.ijk_to_world - matrix).max() > GEOMETRY_TOLERANCE_MM:
+        raise OSError(f"the DICOM series read back from {folder} does not match the result's geometry")
+    slope, _ = rescale_for(images)
+    if np.abs(back.array.astype(np.float64) - images).max() > slope / 2 + 1e-6:
+        raise OSError(f"the DICOM series read back from {folder} does not match the result's voxels")
