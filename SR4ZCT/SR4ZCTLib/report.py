@@ -9,7 +9,6 @@ import numpy as np
 
 from .forward import linear_interpolation_matrix
 from .volume import ThroughPlaneGeometry, Volume
-from .volume_io import write_atomically
 
 DISPLAY_WINDOW_HU = (-1000.0, 600.0)
 
@@ -33,16 +32,46 @@ def comparison_planes(volume: Volume, geometry: ThroughPlaneGeometry, enhanced: 
             for view, measured in _central_planes(stack).items()}
 
 
+REPORT_FILES = ("report.png", "metrics.json")
+
+
+def strict_json(value):
+    """value with NaN and infinities replaced by None, so that json.dumps(allow_nan=False) gives standard JSON."""
+    if isinstance(value, dict):
+        return {str(k): strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if np.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def _verify_png(name: str) -> None:
+    data = Path(name).read_bytes()
+    if not data.startswith(b"\x89PNG\r\n\x1a\n") or not data.endswith(b"IEND\xaeB`\x82"):
+        raise ValueError("the PNG read back is incomplete")
+
+
 def write_report(folder: str | Path, volume: Volume, geometry: ThroughPlaneGeometry, enhanced: Volume,
-                 metrics: dict) -> list[Path]:
+                 metrics: dict, overwrite: bool = True) -> list[Path]:
     """Write report.png and metrics.json into folder (created if needed); returns the paths written."""
+    from .publish import write_alone
+
+    return write_alone(folder, overwrite, lambda publication, target: stage_report(
+        publication, target, volume, geometry, enhanced, metrics), REPORT_FILES)
+
+
+def stage_report(publication, folder: Path, volume: Volume, geometry: ThroughPlaneGeometry, enhanced: Volume,
+                 metrics: dict) -> None:
+    """Stage (write and verify) report.png and metrics.json for folder."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     planes = comparison_planes(volume, geometry, enhanced)
     in_plane = min(geometry.in_plane_spacing_mm)
     z_step = float(enhanced.spacing[geometry.axis])
@@ -64,10 +93,14 @@ def write_report(folder: str | Path, volume: Volume, geometry: ThroughPlaneGeome
                      f"vs linear {training['validation_linear_psnr_db']:.2f} dB")
     figure.suptitle(f"SR4ZCT\n{subtitle}", fontsize=11)
     figure.tight_layout()
-    png, json_path = folder / "report.png", folder / "metrics.json"
+    text = json.dumps(strict_json(metrics), indent=2, allow_nan=False)
     try:
-        write_atomically(png, lambda name: figure.savefig(name, dpi=90, format="png"))
+        publication.stage(folder / "report.png", lambda name: figure.savefig(name, dpi=90, format="png"), _verify_png)
     finally:
         plt.close(figure)
-    write_atomically(json_path, lambda name: Path(name).write_text(json.dumps(metrics, indent=2, default=float)))
-    return [png, json_path]
+
+    def verify_json(name: str) -> None:
+        if Path(name).read_text() != text:
+            raise ValueError("the file read back differs from what was written")
+
+    publication.stage(folder / "metrics.json", lambda name: Path(name).write_text(text), verify_json)
