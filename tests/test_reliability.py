@@ -25,9 +25,8 @@ from SR4ZCTLib.enhance import TrainedModel
 from SR4ZCTLib.errors import InputError
 from SR4ZCTLib.intensity import Normalisation
 from SR4ZCTLib.networks import build_network
-from SR4ZCTLib.publish import OutputPlan, Publication, partial_name
 from SR4ZCTLib.volume import Volume
-from SR4ZCTLib.volume_io import read_volume, stage_volume, write_volume
+from SR4ZCTLib.volume_io import read_volume, write_volume
 
 from conftest import stacked_positions, write_dicom_series
 
@@ -196,6 +195,9 @@ def test_output_paths_are_refused_before_any_work(tmp_path, dicom, capsys, monke
 
 # ---- row 5: two runs to the same output: exactly one publishes -------------------------------------------------------
 def test_racing_runs_publish_exactly_once(tmp_path, small_ct):
+    from SR4ZCTLib.publish import OutputPlan, Publication
+    from SR4ZCTLib.volume_io import stage_volume
+
     target = tmp_path / "o.nrrd"
     plans = [OutputPlan(None), OutputPlan(None)]
     for plan in plans:
@@ -450,6 +452,8 @@ def test_stale_partial_files_of_dead_runs_are_removed(tmp_path, ct, capsys):
     code, _, err = run_cli(["enhance", ct, "-o", tmp_path / "o.nrrd", "--progress", "none", *FAST], capsys)
     assert code == 0, err
     assert not stale.exists() and f"removed {stale}" in err
+    from SR4ZCTLib.publish import partial_name
+
     assert re.fullmatch(rf"\.o\.nii\.gz\.sr4zct-{os.getpid()}-\d+\.partial\.nii\.gz", partial_name(tmp_path / "o.nii.gz").name)
 
 
