@@ -149,8 +149,10 @@ def _check_metaimage(path: Path, allow_external_data: bool) -> None:
         raise InputError(f"{path.name} spreads its voxels over several data files; SR4ZCT reads one data file per "
                          "header: convert the volume to a single .mha file")
     data, offset = (path, header_end) if name.upper() == "LOCAL" else (_data_file(path, name, allow_external_data), 0)
-    if item is None:
+    header_size = int(fields.get("headersize", "0") or 0)
+    if item is None or header_size < 0:  # -1: the data ends the file, however long the header before it
         return
+    offset = offset if name.upper() == "LOCAL" else header_size
     compressed = fields.get("compresseddata", "false").lower() == "true"
     need = math.prod(sizes) * item * channels
     with open(data, "rb") as handle:
