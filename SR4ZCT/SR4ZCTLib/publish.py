@@ -215,7 +215,8 @@ class Publication:
             verify(str(temporary))
         except (ValueError, OSError, RuntimeError, EOFError) as error:
             free = shutil.disk_usage(folder).free / 2**20
-            reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error).strip().splitlines()[-1]
+            reason = (error.strerror if isinstance(error, OSError) and error.strerror
+                      else str(error).strip().splitlines()[-1].split("; ")[0])  # the finding, not the input's fix
             raise ResourceError(f"writing {target} failed ({reason}); {free:.0f} MiB free in {folder}: free disk "
                                 "space or write elsewhere. No output was published") from None
 
