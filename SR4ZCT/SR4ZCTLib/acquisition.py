@@ -7,6 +7,7 @@ import warnings
 from dataclasses import dataclass
 
 from .errors import InputError
+from .limits import check_range
 
 PROFILES = ("box", "gaussian")
 
@@ -32,6 +33,7 @@ class Acquisition:
                     f"slice {name} must be positive, got {float(value):g} mm; "
                     f"check --{name} (an overlap at least as large as the thickness implies a zero or negative increment)"
                 )
+            check_range(name, float(value))
         if self.profile not in PROFILES:
             raise InputError(f"unknown slice profile {self.profile!r}; choose one of {', '.join(PROFILES)}")
 

@@ -12,6 +12,7 @@ summary and the other tasks go on. GPUs are Dask worker resources: a task on CUD
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -187,7 +188,9 @@ def _enhance_one(series: Series, out: Path, settings: Settings, device: str, thr
 
     from .enhance import EnhanceOptions, enhance
     from .volume import read_through_plane_geometry
-    from .volume_io import read_volume, write_atomically, write_volume
+    from .publish import write_text
+    from .report import strict_json
+    from .volume_io import read_volume, write_volume
 
     torch.set_num_threads(max(1, threads))
     key = task_key(series, settings)
@@ -202,7 +205,7 @@ def _enhance_one(series: Series, out: Path, settings: Settings, device: str, thr
     metrics = dict(result.metrics, warnings=notes, batch_key=key)
     metrics["training"] = {k: v for k, v in metrics["training"].items() if k != "history"}
     write_volume(result.volume, output, overwrite=True)
-    write_atomically(metrics_path, lambda name: Path(name).write_text(json.dumps(metrics, indent=2, default=float)))
+    write_text(metrics_path, json.dumps(strict_json(metrics), indent=2, allow_nan=False))
     return metrics
 
 
@@ -296,18 +299,16 @@ def _close(bar) -> None:
 
 
 def write_summary(out: Path, rows: list[dict]) -> tuple[Path, Path]:
-    """summary.csv and summary.json in out, each written atomically."""
-    from .volume_io import write_atomically
+    """summary.csv and summary.json in out, each verified and published atomically."""
+    from .publish import write_text
+    from .report import strict_json
 
-    def write_csv(name: str) -> None:
-        with open(name, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=SUMMARY_FIELDS)
-            writer.writeheader()
-            writer.writerows(rows)
-
-    csv_path = write_atomically(out / "summary.csv", write_csv)
-    json_path = write_atomically(out / "summary.json",
-                                 lambda name: Path(name).write_text(json.dumps(rows, indent=2, allow_nan=False)))
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=SUMMARY_FIELDS)
+    writer.writeheader()
+    writer.writerows(rows)
+    csv_path = write_text(out / "summary.csv", table.getvalue())
+    json_path = write_text(out / "summary.json", json.dumps(strict_json(rows), indent=2, allow_nan=False))
     return csv_path, json_path
 
 

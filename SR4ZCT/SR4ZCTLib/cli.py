@@ -1,7 +1,8 @@
 """The `sr4zct` command line: info, enhance, simulate, demo, send, batch.
 
-Errors: one `error:` line on stderr, exit 2. Cancel (Ctrl-C or SIGTERM): exit 130. Either way
-nothing is left behind: every output is written to a temporary file and renamed at the end.
+Errors: one `error:` line on stderr, exit 2. Cancel (Ctrl-C, SIGTERM or SIGHUP): exit 130. Either way
+nothing is left behind: every output path is checked before any work, and every output is staged,
+verified and published together at the end (publish.py).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import shutil
+import os
 import signal
 import sys
 import warnings
@@ -20,13 +21,15 @@ import numpy as np
 
 from .acquisition import PROFILES, Acquisition
 from .batch import add_batch_command
-from .clinic import add_enhance_arguments, check_enhance_outputs, send_result, write_confidence, write_result
+from .clinic import add_enhance_arguments, check_enhance_outputs, send_result, write_result
 from .errors import Cancelled, InputError, ResourceError
+from .limits import RANGES, check_range
 from .progress import Progress, Reporter
 from .send import add_send_command
 
 EXIT_ERROR = 2
 EXIT_CANCELLED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as shell tools report it
 
 
 class _Parser(argparse.ArgumentParser):
@@ -35,14 +38,30 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_ERROR)
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not np.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number of millimetres")
-    return value
+def _number(name: str, kind: type = float) -> Callable[[str], float]:
+    """An argparse type: a number within RANGES[name] (limits.py), else a usage error giving the range."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a{' whole' if kind is int else ''} number") from None
+        if kind is float and (not np.isfinite(value) or value <= 0):
+            raise argparse.ArgumentTypeError(f"{text!r} must be a positive number of millimetres")
+        try:
+            return check_range(name, value)
+        except InputError:
+            low, high = RANGES[name]
+            raise argparse.ArgumentTypeError(f"{text} is outside {low:g}..{high:g}"
+                                             f"{' mm' if kind is float else ''}") from None
+
+    return parse
+
+
+def _add_volume_input(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("input", help="DICOM series folder or .nrrd/.nhdr/.nii/.nii.gz/.mha/.mhd file")
+    parser.add_argument("--allow-external-data", action="store_true",
+                        help="read a .nhdr/.mhd whose data file lies outside the header's folder")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,19 +69,20 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     info = commands.add_parser("info", help="show geometry, increment, thickness and overlap of a volume")
-    info.add_argument("input", help="DICOM series folder or .nrrd/.nii/.nii.gz/.mha file")
-    info.add_argument("--thickness", type=_positive_float, help="slice thickness in mm (overrides DICOM)")
-    info.add_argument("--increment", type=_positive_float, help="slice increment in mm (overrides the geometry)")
+    _add_volume_input(info)
+    info.add_argument("--thickness", type=_number("thickness"), help="slice thickness in mm (overrides DICOM)")
+    info.add_argument("--increment", type=_number("increment"), help="slice increment in mm (overrides the geometry)")
     info.add_argument("--json", action="store_true", help="print JSON")
     info.set_defaults(handler=_info)
 
     enhance = commands.add_parser("enhance", help="enhance a thick-slice CT volume")
-    enhance.add_argument("input", help="DICOM series folder or .nrrd/.nii/.nii.gz/.mha file")
+    _add_volume_input(enhance)
     enhance.add_argument("-o", "--output", required=True,
                          help="output volume (.nrrd, .nii, .nii.gz or .mha), or a folder for a DICOM series")
     _add_acquisition_arguments(enhance)
     _add_run_arguments(enhance)
-    enhance.add_argument("--target-spacing", type=_positive_float, help="output slice spacing in mm (default: in-plane)")
+    enhance.add_argument("--target-spacing", type=_number("target-spacing"),
+                         help="output slice spacing in mm, 0.05 mm up to the increment (default: in-plane)")
     enhance.add_argument("--axis", choices=("i", "j", "k"),
                          help="through-plane voxel axis (default: the DICOM slice normal, else the coarsest spacing)")
     enhance.add_argument("--save-model", help="write the trained model here (reuse it with --model)")
@@ -73,10 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     enhance.set_defaults(handler=_enhance)
 
     simulate = commands.add_parser("simulate", help="make thick slices from a thin-slice volume (forward model)")
-    simulate.add_argument("input")
+    _add_volume_input(simulate)
     simulate.add_argument("-o", "--output", required=True)
-    simulate.add_argument("--thickness", type=_positive_float, required=True, help="slice thickness (FWHM) in mm")
-    simulate.add_argument("--increment", type=_positive_float, required=True, help="slice increment in mm")
+    simulate.add_argument("--thickness", type=_number("thickness"), required=True, help="slice thickness (FWHM) in mm")
+    simulate.add_argument("--increment", type=_number("increment"), required=True, help="slice increment in mm")
     simulate.add_argument("--profile", choices=PROFILES, default="box")
     simulate.add_argument("--overwrite", action="store_true")
     simulate.add_argument("--progress", choices=("bar", "json", "none"), default="bar")
@@ -92,16 +112,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_acquisition_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--thickness", type=_positive_float, help="slice thickness in mm (default: DICOM SliceThickness)")
-    parser.add_argument("--increment", type=_positive_float, help="slice increment in mm (default: from slice positions)")
+    parser.add_argument("--thickness", type=_number("thickness"),
+                        help="slice thickness in mm, 0.1..50 (default: DICOM SliceThickness)")
+    parser.add_argument("--increment", type=_number("increment"),
+                        help="slice increment in mm, 0.1..50 (default: from slice positions)")
     parser.add_argument("--profile", choices=PROFILES, default="box", help="slice profile (default: box)")
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", choices=("fast", "paper"), default="fast")
-    parser.add_argument("--iterations", type=int, help="training iterations (overrides the preset)")
+    parser.add_argument("--iterations", type=_number("iterations", int),
+                        help="training iterations, 1..10000000 (overrides the preset)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=_number("seed", int), default=0, help="random seed, 0..4294967295")
+    parser.add_argument("--threads", type=_number("threads", int),
+                        help="CPU threads, 1..256 (default: min(4, CPU count)); a seeded run gives the same output "
+                             "at the same thread count")
     parser.add_argument("--consistency", type=int, help="consistency steps after the network (default: the preset's)")
     parser.add_argument("--allow-non-hu", action="store_true", help="enhance volumes that are not CT in HU")
     parser.add_argument("--force", action="store_true", help="run even when the memory estimate exceeds what is free")
@@ -110,15 +136,14 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 class _ProgressPrinter:
-    """Progress on stderr: one tqdm bar per stage, or one JSON object per line."""
+    """Progress on stderr: one tqdm bar per stage, or one strict JSON object per line (warnings too)."""
 
     def __init__(self, style: str) -> None:
         self.style, self.bar, self.stage = style, None, None
 
     def __call__(self, progress: Progress) -> None:
         if self.style == "json":
-            sys.stderr.write(json.dumps(progress.as_dict(), default=float) + "\n")
-            sys.stderr.flush()
+            _json_line(progress.as_dict())
         elif self.style == "bar":
             try:
                 from tqdm import tqdm
@@ -146,23 +171,37 @@ class _ProgressPrinter:
             self.bar = None
 
 
+def _json_line(event: dict) -> None:
+    """One standard JSON object on stderr: NaN and infinities become null."""
+    from .report import strict_json
+
+    sys.stderr.write(json.dumps(strict_json(event), allow_nan=False) + "\n")
+    sys.stderr.flush()
+
+
+_JSON_WARNINGS = {"on": False}  # --progress json: warnings as {"warning": ...} objects in the same stream
+
+
+def _warn(notes: list[str]) -> None:
+    for note in notes:
+        if _JSON_WARNINGS["on"]:
+            _json_line({"warning": note})
+        else:
+            sys.stderr.write(f"warning: {note}\n")
+
+
 def _read_geometry(args):
     from .volume import AXIS_NAMES, read_through_plane_geometry
     from .volume_io import read_volume
 
-    volume = read_volume(args.input)
+    volume = read_volume(args.input, args.allow_external_data)
     axis = getattr(args, "axis", None)
     if axis is not None:  # the caller knows the slice axis (the Slicer module passes the one its panel showed)
         volume.slice_axis = AXIS_NAMES.index(axis)
     geometry, notes = read_through_plane_geometry(volume, args.thickness, args.increment, getattr(args, "profile", "box"))
     if axis is not None:
         geometry = dataclasses.replace(geometry, axis_source="user")
-    return volume, geometry, notes
-
-
-def _warn(notes: list[str]) -> None:
-    for note in notes:
-        sys.stderr.write(f"warning: {note}\n")
+    return volume, geometry, volume.extra.get("notes", []) + notes
 
 
 def _info(args) -> int:
@@ -182,55 +221,86 @@ def _run_options(args):
 
     return EnhanceOptions(preset=args.preset, iterations=args.iterations, device=args.device, seed=args.seed,
                           consistency_iterations=args.consistency, allow_non_hu=args.allow_non_hu, force=args.force,
-                          target_spacing_mm=getattr(args, "target_spacing", None),
+                          target_spacing_mm=getattr(args, "target_spacing", None), threads=args.threads,
                           confidence=bool(getattr(args, "confidence", None)))
 
 
-class _Outputs:
-    """Files written by this run; removed again if the run fails or is cancelled."""
+def _plan_outputs(args, output: str, report_folder: Optional[str]):
+    """Check every output path of an enhance run before any work (publish.OutputPlan)."""
+    from .publish import OutputPlan
+    from .report import REPORT_FILES
+    from .volume_io import OUTPUT_SUFFIXES
 
-    def __init__(self) -> None:
-        self.paths: list[Path] = []
-
-    def add(self, *paths) -> None:
-        self.paths.extend(Path(p) for p in paths)
-
-    def roll_back(self) -> None:
-        for path in self.paths:
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
-
-
-def _finish(volume, geometry, result, output: Path, args, outputs: _Outputs, report_folder: Optional[str]) -> None:
-    from .report import write_report
-
-    outputs.add(write_result(result, geometry, output, args))
-    outputs.add(*filter(None, [write_confidence(result, args)]))
+    plan = OutputPlan(Path(args.input) if getattr(args, "input", None) else None, args.overwrite)
+    if getattr(args, "dicom", False):
+        plan.protect_folder("-o", output)  # the DICOM series folder: checked by check_enhance_outputs
+    else:
+        plan.add("-o", output, OUTPUT_SUFFIXES)
+    if getattr(args, "confidence", None):
+        plan.add("--confidence", args.confidence, OUTPUT_SUFFIXES)
     if getattr(args, "save_model", None):
-        outputs.add(result.model.save(args.save_model))
+        plan.add("--save-model", args.save_model)
     if report_folder:
-        outputs.add(*write_report(report_folder, volume, geometry, result.volume, result.metrics, result.confidence))
+        plan.add_folder("--report", report_folder, REPORT_FILES)
+    _warn(plan.notes)
+    return plan
 
 
-def _run_enhance(volume, geometry, notes, output: Path, args, report_folder: Optional[str], model=None) -> dict:
+def _check_space(plan, volume, geometry, args) -> None:
+    """Refuse before training when the outputs (volume, model, report) would not fit on their disks."""
+    from .enhance import check_target_spacing
+    from .memory import fine_grid_size
+    from .networks import build_network, parameter_count
+    from .training import preset
+
+    grid = min(geometry.in_plane_spacing_mm)
+    target = check_target_spacing(getattr(args, "target_spacing", None), grid, geometry.acquisition.increment_mm)
+    shape = volume.array.shape
+    plane = int(np.prod(shape)) // shape[geometry.array_axis]
+    slices = fine_grid_size(shape[geometry.array_axis], geometry.acquisition.increment_mm, target)
+    config = preset(args.preset)
+    model_bytes = 4 * parameter_count(build_network(config.architecture, config.network_options)) + 2**20
+    plan.check_space({"-o": slices * plane * max(4, volume.array.itemsize) + 2**20, "--save-model": model_bytes,
+                      "--report": 8 * 2**20})
+
+
+def _stage_all(publication, volume, geometry, result, output: Path, args, report_folder: Optional[str]) -> None:
+    """Stage and verify every file artefact; a DICOM series is written last, into its own verified staging folder."""
+    from .report import stage_report
+    from .volume_io import stage_volume
+
+    if not getattr(args, "dicom", False):
+        stage_volume(publication, result.volume, output)
+    if getattr(args, "confidence", None):
+        stage_volume(publication, result.confidence, Path(args.confidence))
+    if getattr(args, "save_model", None):
+        result.model.stage(publication, Path(args.save_model))
+    if report_folder:
+        stage_report(publication, Path(report_folder), volume, geometry, result.volume, result.metrics,
+                     result.confidence)
+    if getattr(args, "dicom", False):
+        write_result(result, geometry, output, args)
+
+
+def _run_enhance(volume, geometry, notes, output: Path, args, report_folder: Optional[str], plan, model=None) -> dict:
     from .enhance import enhance
+    from .publish import Publication
 
     _warn(notes)
     printer = _ProgressPrinter(args.progress)
-    outputs = _Outputs()
+    publication = Publication(plan)
     try:
         result = enhance(volume, geometry, _run_options(args), model=model, reporter=Reporter(printer))
         printer.close()
-        _finish(volume, geometry, result, output, args, outputs, report_folder)
+        _stage_all(publication, volume, geometry, result, output, args, report_folder)
+        publication.publish()
         if args.progress == "json":  # the last line: the figures, for the Slicer module's panel
             summary = {k: v for k, v in result.metrics.items() if k != "training"}
             summary["training"] = {k: v for k, v in result.metrics["training"].items() if k not in ("history", "config")}
             printer(Progress("done", 1.0, "finished", summary))
     except BaseException:
         printer.close()
-        outputs.roll_back()
+        publication.discard()
         raise
     return result.metrics
 
@@ -241,6 +311,8 @@ def _print_summary(metrics: dict, output: Path) -> None:
     if "validation_psnr_db" in training:
         line += (f"; held-out validation PSNR {training['validation_psnr_db']:.2f} dB, "
                  f"linear interpolation {training['validation_linear_psnr_db']:.2f} dB")
+    elif "reused_model" in training:
+        line += f"; model reused from {training['reused_model']} (no validation on this scan)"
     timings = metrics["timings"]
     line += f"; {timings['total_s']:.0f} s on {metrics['device']}"
     print(line)
@@ -250,12 +322,11 @@ def _enhance(args) -> int:
     from .enhance import TrainedModel
 
     output = check_enhance_outputs(args)
-    for path in (args.save_model, args.report):
-        if path and Path(path).resolve() == Path(args.input).resolve():
-            raise InputError(f"{path} would overwrite the input; choose another path")
+    plan = _plan_outputs(args, output, args.report)
     model = TrainedModel.load(args.model) if args.model else None
     volume, geometry, notes = _read_geometry(args)
-    metrics = _run_enhance(volume, geometry, notes, output, args, args.report, model)
+    _check_space(plan, volume, geometry, args)
+    metrics = _run_enhance(volume, geometry, notes, output, args, args.report, plan, model)
     _print_summary(metrics, output)
     return send_result(output, args)
 
@@ -263,12 +334,16 @@ def _enhance(args) -> int:
 def _simulate(args) -> int:
     from .enhance import to_output_type
     from .forward import simulate_thick_slices
+    from .publish import OutputPlan, Publication
     from .volume import Volume, check_orthogonal, check_volume_shape, through_plane_axis
-    from .volume_io import check_output_path, read_volume, write_volume
+    from .volume_io import OUTPUT_SUFFIXES, read_volume, stage_volume
 
-    output = check_output_path(args.output, [args.input], args.overwrite)
+    plan = OutputPlan(Path(args.input), args.overwrite)
+    output = plan.add("-o", args.output, OUTPUT_SUFFIXES)
+    _warn(plan.notes)
     acquisition = Acquisition(args.thickness, args.increment, args.profile)
-    volume = read_volume(args.input)
+    volume = read_volume(args.input, args.allow_external_data)
+    _warn(volume.extra.get("notes", []))
     check_volume_shape(volume.array)
     check_orthogonal(volume)
     axis, _ = through_plane_axis(volume)
@@ -276,10 +351,17 @@ def _simulate(args) -> int:
     if args.increment < spacing:
         raise InputError(f"increment {args.increment:g} mm is finer than the input's slice spacing {spacing:g} mm; "
                          "simulate from a thinner-slice volume")
+    plan.check_space({"-o": volume.array.nbytes})
     thick = to_output_type(simulate_thick_slices(volume.array, 2 - axis, spacing, acquisition), volume.array.dtype)
     matrix = volume.ijk_to_world.copy()
     matrix[:3, axis] = volume.directions[:, axis] * args.increment
-    write_volume(Volume(thick, matrix), output, overwrite=args.overwrite)
+    publication = Publication(plan)
+    try:
+        stage_volume(publication, Volume(thick, matrix), output)
+        publication.publish()
+    except BaseException:
+        publication.discard()
+        raise
     print(f"wrote {output}: {thick.shape[2 - axis]} slices, {acquisition.describe()}")
     return 0
 
@@ -289,13 +371,16 @@ def _demo(args) -> int:
     from .volume import read_through_plane_geometry
 
     folder = Path(args.out)
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"--out {folder} is a file; give a folder for the demo's outputs")
     folder.mkdir(parents=True, exist_ok=True)
-    args.overwrite, args.save_model = True, None  # the demo refreshes its own folder
+    args.overwrite, args.save_model, args.input = True, None, None  # the demo refreshes its own folder
+    output = folder / "enhanced.nrrd"
+    plan = _plan_outputs(args, str(output), str(folder))
     volume = load_sample()
     geometry, notes = read_through_plane_geometry(volume)
     print(f"SR4ZCT demo: {sample_info()['description']}", file=sys.stderr)
-    output = folder / "enhanced.nrrd"
-    metrics = _run_enhance(volume, geometry, notes, output, args, str(folder))
+    metrics = _run_enhance(volume, geometry, notes, output, args, str(folder), plan)
     _print_summary(metrics, output)
     print(f"report: {folder / 'report.png'}, metrics: {folder / 'metrics.json'}")
     return 0
@@ -305,6 +390,9 @@ def _raise_cancelled(signum, frame) -> None:
     raise Cancelled("terminated")
 
 
+CANCEL_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     """Entry point of `sr4zct`; returns the exit code (0, 2 on bad input, 130 when cancelled)."""
     parser = build_parser()
@@ -312,23 +400,31 @@ def main(argv: Optional[list[str]] = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_request:  # --help, or a usage error already printed as one `error:` line
         return int(exit_request.code or 0)
-    previous: Optional[Callable] = None
+    previous: dict = {}
+    for number in CANCEL_SIGNALS:  # terminal closed (SIGHUP) or kill: cancel like Ctrl-C
+        try:
+            previous[number] = signal.signal(number, _raise_cancelled)
+        except ValueError:  # not the main thread (e.g. called from a test runner thread)
+            pass
+    _JSON_WARNINGS["on"] = getattr(args, "progress", None) == "json"
+    warnings.showwarning = lambda message, *rest, **kw: _warn([str(message)])
     try:
-        previous = signal.signal(signal.SIGTERM, _raise_cancelled)
-    except ValueError:  # not the main thread (e.g. called from a test runner thread)
-        previous = None
-    warnings.showwarning = lambda message, *rest, **kw: sys.stderr.write(f"warning: {message}\n")
-    try:
-        return int(args.handler(args) or 0)
+        code = int(args.handler(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
+        return code
     except (InputError, ResourceError) as error:
         sys.stderr.write(f"error: {error}\n")
         return EXIT_ERROR
     except (KeyboardInterrupt, Cancelled):
         sys.stderr.write("cancelled: nothing was written\n")
         return EXIT_CANCELLED
+    except BrokenPipeError:  # the reader went away (`sr4zct info --json X | head -1`): stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 if __name__ == "__main__":

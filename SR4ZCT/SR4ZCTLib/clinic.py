@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Optional
 
 from .errors import InputError
-from .volume_io import check_output_path
 
 
 def add_enhance_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,7 +28,10 @@ def add_enhance_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def check_enhance_outputs(args) -> Path:
-    """Check the output (file or DICOM folder), template, destination and confidence path; returns the output."""
+    """Check a DICOM output folder, the template and the destination; returns the output.
+
+    File outputs (-o as a volume file, --confidence, --save-model, --report) are checked by publish.OutputPlan.
+    """
     from .dicom_out import check_dicom_output, is_dicom_output, source_for
     from .send import check_calling_aet, parse_destination
 
@@ -41,37 +42,21 @@ def check_enhance_outputs(args) -> Path:
     elif args.dicom_template:
         raise InputError("--dicom-template is for DICOM output; give an output folder or --format dicom")
     else:
-        output = check_output_path(args.output, [args.input], args.overwrite)
+        output = Path(args.output)
     if args.send:
         if not args.dicom:
             raise InputError("--send needs DICOM output; give an output folder (or --format dicom)")
         args.destination = parse_destination(args.send)
         check_calling_aet(args.calling_aet)
-    if args.confidence:
-        confidence = check_output_path(args.confidence, [args.input], args.overwrite)
-        if confidence.resolve() == output.resolve():
-            raise InputError("--confidence must differ from the output path")
     return output
 
 
 def write_result(result, geometry, output: Path, args) -> Path:
-    """The enhanced volume as a file, or (DICOM) as a verified series folder."""
-    from .volume_io import write_volume
-
-    if not getattr(args, "dicom", False):
-        return write_volume(result.volume, output, overwrite=args.overwrite)
+    """The enhanced volume as a verified DICOM series folder (file outputs are staged by the caller's publication)."""
     from .dicom_out import write_dicom_series
 
     return write_dicom_series(result.volume, geometry.axis, output, args.dicom_source, Path(args.input).name,
                               overwrite=args.overwrite)
-
-
-def write_confidence(result, args) -> Optional[Path]:
-    from .volume_io import write_volume
-
-    if not getattr(args, "confidence", None):
-        return None
-    return write_volume(result.confidence, args.confidence, overwrite=args.overwrite)
 
 
 def send_result(output: Path, args) -> int:

@@ -21,10 +21,17 @@ from .networks import build_network
 from .progress import Reporter
 from .training import PRESETS, preset, train_network
 from .volume import ThroughPlaneGeometry, Volume, enhanced_matrix
-from .volume_io import write_atomically
+from .limits import check_range, default_threads
 
 MODEL_FORMAT = "sr4zct-model-1"
 ACQUISITION_MATCH_MM = 0.05  # a saved model is reused only for an acquisition this close to its own
+MODEL_KEYS = {"format", "architecture", "network_options", "state_dict", "acquisition", "grid_spacing_mm",
+              "normalisation", "metrics"}
+ARCHITECTURE_BOUNDS = {  # every option of every architecture, bounded so a model file cannot ask for tens of GB
+    "cnn": {"depth": (2, 64), "width": (1, 256)},
+    "msd": {"depth": (1, 500), "width": (1, 1), "max_dilation": (1, 64)},
+}
+NORMALISATION_KINDS = ("hu", "percentile", "identity")
 
 
 @dataclass
@@ -42,6 +49,7 @@ class EnhanceOptions:
     force: bool = False  # skip the memory check
     batch_size: Optional[int] = None
     confidence: bool = False  # also return the coronal/sagittal disagreement map (confidence.py)
+    threads: Optional[int] = None  # CPU threads; default min(4, CPU count): results depend on it, not on OMP_NUM_THREADS
 
 
 @dataclass
@@ -55,10 +63,11 @@ class TrainedModel:
     grid_spacing_mm: float
     normalisation: Normalisation
     metrics: dict = field(default_factory=dict)
+    loaded_from: Optional[str] = None  # the model file, when reused
 
-    def save(self, path: str | Path) -> Path:
-        """Write atomically (temporary file, then rename)."""
-        bundle = {
+    def bundle(self) -> dict:
+        """Everything a model file holds (see MODEL_KEYS)."""
+        return {
             "format": MODEL_FORMAT,
             "architecture": self.architecture,
             "network_options": self.network_options,
@@ -68,10 +77,21 @@ class TrainedModel:
             "normalisation": self.normalisation.as_dict(),
             "metrics": {k: v for k, v in self.metrics.items() if k != "history"},
         }
-        return write_atomically(path, lambda name: torch.save(bundle, name))
+
+    def stage(self, publication, path: Path) -> None:
+        """Write the model to path's temporary file and verify it loads back as a valid model."""
+        bundle = self.bundle()
+        publication.stage(path, lambda name: torch.save(bundle, name), lambda name: TrainedModel.load(name))
+
+    def save(self, path: str | Path, overwrite: bool = False) -> Path:
+        """Write, verify and publish (no clobber unless overwrite)."""
+        from .publish import write_alone
+
+        return write_alone(path, overwrite, self.stage)[0]
 
     @classmethod
     def load(cls, path: str | Path) -> "TrainedModel":
+        """Read a model file safely (weights only) and refuse any that is not exactly a sane SR4ZCT model."""
         try:
             bundle = torch.load(str(path), map_location="cpu", weights_only=True)
         except FileNotFoundError:
@@ -80,11 +100,18 @@ class TrainedModel:
             raise InputError(f"cannot read model {path}: {error.__class__.__name__}; was it written by sr4zct?") from None
         if not isinstance(bundle, dict) or bundle.get("format") != MODEL_FORMAT:
             raise InputError(f"{path} is not an SR4ZCT model file ({MODEL_FORMAT})")
-        network = build_network(bundle["architecture"], bundle["network_options"])
-        network.load_state_dict(bundle["state_dict"])
+        try:
+            network = _validated_network(bundle)
+            acquisition = Acquisition(**bundle["acquisition"])
+            grid_spacing = _finite(bundle["grid_spacing_mm"], "grid_spacing_mm", 0.01, 100.0)
+            normalisation = _validated_normalisation(bundle["normalisation"])
+        except (InputError, TypeError, KeyError, ValueError, RuntimeError) as error:
+            raise InputError(f"{path} is not a valid SR4ZCT model ({error}); train a new one (omit --model)") from None
         network.eval()
-        return cls(network, bundle["architecture"], bundle["network_options"], Acquisition(**bundle["acquisition"]),
-                   float(bundle["grid_spacing_mm"]), Normalisation(**bundle["normalisation"]), bundle.get("metrics", {}))
+        model = cls(network, bundle["architecture"], dict(bundle["network_options"]), acquisition, grid_spacing,
+                    normalisation, dict(bundle["metrics"]))
+        model.loaded_from = str(path)
+        return model
 
     def check_matches(self, acquisition: Acquisition, grid_spacing_mm: float) -> None:
         """Refuse to apply a model to an acquisition it was not trained for (the paper's central point)."""
@@ -101,6 +128,48 @@ class TrainedModel:
                 f"the model was trained at in-plane spacing {self.grid_spacing_mm:g} mm, this scan has {grid_spacing_mm:g} mm; "
                 "train a new model for this scan (omit --model)"
             )
+
+
+def _finite(value, name: str, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) or not low <= value <= high:
+        raise ValueError(f"{name} {value!r} is not a number in {low:g}..{high:g}")
+    return float(value)
+
+
+def _validated_network(bundle: dict) -> torch.nn.Module:
+    """The model's network, after checking keys, architecture bounds, tensor names, shapes and finiteness."""
+    if set(bundle) != MODEL_KEYS:
+        raise ValueError(f"unexpected keys {sorted(set(bundle) - MODEL_KEYS)}, missing {sorted(MODEL_KEYS - set(bundle))}")
+    bounds = ARCHITECTURE_BOUNDS.get(bundle["architecture"])
+    options = bundle["network_options"]
+    if bounds is None or not isinstance(options, dict) or not set(options) <= set(bounds):
+        raise ValueError(f"unknown architecture {bundle['architecture']!r} with options {options!r}")
+    for name, value in options.items():
+        if isinstance(value, bool) or not isinstance(value, int) or not bounds[name][0] <= value <= bounds[name][1]:
+            raise ValueError(f"{bundle['architecture']} {name} {value!r} is outside {bounds[name][0]}..{bounds[name][1]}")
+    if not isinstance(bundle["metrics"], dict):
+        raise ValueError("metrics is not a dictionary")
+    network = build_network(bundle["architecture"], options)
+    expected = network.state_dict()
+    state = bundle["state_dict"]
+    if not isinstance(state, dict) or set(state) != set(expected):
+        raise ValueError("its weights do not match its architecture")
+    for name, tensor in state.items():
+        if (not isinstance(tensor, torch.Tensor) or tensor.shape != expected[name].shape
+                or not tensor.is_floating_point() or not bool(torch.isfinite(tensor).all())):
+            raise ValueError(f"weight {name} has the wrong shape or type, or is not finite")
+    network.load_state_dict(state)
+    return network
+
+
+def _validated_normalisation(values: dict) -> Normalisation:
+    if not isinstance(values, dict) or set(values) != {"offset", "scale", "kind"}:
+        raise ValueError("normalisation must have offset, scale and kind")
+    if values["kind"] not in NORMALISATION_KINDS:
+        raise ValueError(f"unknown normalisation kind {values['kind']!r}")
+    offset = _finite(values["offset"], "normalisation offset", -1e9, 1e9)
+    scale = _finite(values["scale"], "normalisation scale", 1e-6, 1e9)
+    return Normalisation(offset, scale, values["kind"])
 
 
 @dataclass
@@ -121,19 +190,31 @@ def enhance(
     """Train on the volume's own axial images (or reuse `model`) and return the enhanced volume.
 
     The input volume is never modified. Output: same origin, directions and in-plane grid; slices
-    from the first input slice centre to the last, every target spacing; int16 HU for integer
-    inputs (rounded, clipped), float32 otherwise.
+    from the first input slice centre to the last, every target spacing; the input's integer type
+    when the rounded values fit it, float32 otherwise. CPU work runs on `options.threads` threads.
     """
     options = options or EnhanceOptions()
+    threads = int(check_range("threads", options.threads or default_threads()))
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _enhance(volume, geometry, options, model, reporter)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _enhance(volume: Volume, geometry: ThroughPlaneGeometry, options: EnhanceOptions,
+             model: Optional[TrainedModel], reporter: Optional[Reporter]) -> EnhanceResult:
     reporter = reporter or Reporter()
     timings: dict[str, float] = {}
     started = time.perf_counter()
     config = preset(options.preset).with_iterations(options.iterations)
     acquisition = geometry.acquisition
     grid_spacing = min(geometry.in_plane_spacing_mm)
-    target = float(options.target_spacing_mm or grid_spacing)
-    if not np.isfinite(target) or target <= 0:
-        raise InputError(f"target spacing must be a positive number of millimetres, got {options.target_spacing_mm}")
+    target = check_target_spacing(options.target_spacing_mm, grid_spacing, acquisition.increment_mm)
+    check_range("seed", options.seed)
+    if options.iterations is not None:
+        check_range("iterations", options.iterations)
     unknown_views = set(options.views) - set(VIEWS)
     if unknown_views:
         raise InputError(f"unknown view(s) {sorted(unknown_views)}; choose from {', '.join(VIEWS)}")
@@ -159,6 +240,10 @@ def enhance(
         model = TrainedModel(result.network, config.architecture, dict(config.network_options), acquisition,
                              grid_spacing, normalisation, result.metrics)
         timings["training_s"] = result.metrics["training_seconds"] + result.metrics["pair_setup_seconds"]
+        training_metrics = dict(model.metrics)
+    else:  # no validation on this scan: the figures in the file are the training scan's, and say so
+        training_metrics = {"reused_model": model.loaded_from or "given",
+                            "training_scan": {k: v for k, v in model.metrics.items() if k.startswith("validation")}}
     consistency = config.consistency_iterations if options.consistency_iterations is None else options.consistency_iterations
     inference_started = time.perf_counter()
     fine_shape = (fine_grid_size(stack.shape[0], acquisition.increment_mm, grid_spacing),) + stack.shape[1:]
@@ -180,6 +265,7 @@ def enhance(
     )
     confidence = confidence_volume(passes, normalisation.scale, grid_spacing, target, array_axis, output.ijk_to_world)
     timings["total_s"] = time.perf_counter() - started
+    threads = torch.get_num_threads()
     metrics = {
         "preset": options.preset,
         "device": device_note,
@@ -192,7 +278,8 @@ def enhance(
         "input_shape": list(volume.array.shape),
         "output_shape": list(output.array.shape),
         "timings": timings,
-        "training": dict(model.metrics),
+        "training": training_metrics,
+        "threads": threads if device.type == "cpu" else None,
     }
     return EnhanceResult(volume=output, model=model, metrics=metrics, confidence=confidence)
 
@@ -204,13 +291,26 @@ def _in_plane_spacing_for_stack(volume: Volume, axis: int) -> tuple[float, float
     return float(spacing[in_plane_ijk[0]]), float(spacing[in_plane_ijk[1]])
 
 
+def check_target_spacing(target_mm: Optional[float], grid_spacing_mm: float, increment_mm: float) -> float:
+    """The output slice spacing (default: the finer in-plane spacing), within its range and at most the increment."""
+    target = float(target_mm or grid_spacing_mm)
+    check_range("target-spacing", target)
+    if target > increment_mm * (1 + 1e-6):
+        raise InputError(f"--target-spacing {target:g} mm is coarser than the slice increment {increment_mm:g} mm: "
+                         f"there would be nothing to enhance; give at most {increment_mm:g} mm")
+    return target
+
+
 def to_output_type(values: torch.Tensor, input_dtype: np.dtype) -> np.ndarray:
-    """The documented output type: int16 HU (rounded, clipped) for integer inputs, float32 otherwise."""
+    """The documented output type: the input's integer type (rounded) when every value fits it, else float32."""
     if np.issubdtype(input_dtype, np.integer):
-        result = np.empty(values.shape, dtype=np.int16)
-        for start in range(0, values.shape[0], 32):
-            result[start:start + 32] = torch.round(values[start:start + 32]).clamp(-32768, 32767).numpy()
-        return result
+        limits = np.iinfo(input_dtype)
+        rounded_low, rounded_high = float(torch.round(values.min())), float(torch.round(values.max()))
+        if limits.min <= rounded_low and rounded_high <= limits.max:
+            result = np.empty(values.shape, dtype=input_dtype)
+            for start in range(0, values.shape[0], 32):
+                result[start:start + 32] = torch.round(values[start:start + 32]).to(torch.float64).numpy()
+            return result
     return values.to(torch.float32).numpy()
 
 

@@ -218,6 +218,9 @@ class EnhanceJob:
             except json.JSONDecodeError:
                 self._log(line)
                 return
+            if "warning" in event:  # --progress json sends warnings as objects; show them as the CLI would
+                self._log(f"warning: {event['warning']}")
+                return
             if event.get("stage") == "done":
                 self.metrics = event.get("metrics", {})
                 return

@@ -11,7 +11,6 @@ import numpy as np
 
 from .forward import linear_interpolation_matrix
 from .volume import ThroughPlaneGeometry, Volume
-from .volume_io import write_atomically
 
 DISPLAY_WINDOW_HU = (-1000.0, 600.0)
 CONFIDENCE_FLOOR = 0.1  # disagreement below this fraction of the top value is left uncoloured
@@ -36,8 +35,26 @@ def comparison_planes(volume: Volume, geometry: ThroughPlaneGeometry, enhanced: 
             for view, measured in _central_planes(stack).items()}
 
 
-def _write_metrics(path: Path, metrics: dict) -> None:
-    write_atomically(path, lambda name: Path(name).write_text(json.dumps(metrics, indent=2, default=float)))
+REPORT_FILES = ("report.png", "metrics.json")
+
+
+def strict_json(value):
+    """value with NaN and infinities replaced by None, so that json.dumps(allow_nan=False) gives standard JSON."""
+    if isinstance(value, dict):
+        return {str(k): strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if np.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def _verify_png(name: str) -> None:
+    data = Path(name).read_bytes()
+    if not data.startswith(b"\x89PNG\r\n\x1a\n") or not data.endswith(b"IEND\xaeB`\x82"):
+        raise ValueError("the PNG read back is incomplete")
 
 
 def _draw_disagreement(axis, image: np.ndarray, disagreement: np.ndarray, aspect: float, head_up: bool,
@@ -57,21 +74,40 @@ def _draw_disagreement(axis, image: np.ndarray, disagreement: np.ndarray, aspect
 
 
 def write_report(folder: str | Path, volume: Volume, geometry: ThroughPlaneGeometry, enhanced: Volume,
-                 metrics: dict, confidence: Optional[Volume] = None) -> list[Path]:
-    """Write report.png and metrics.json into folder (created if needed); returns the paths written.
+                 metrics: dict, confidence: Optional[Volume] = None, overwrite: bool = True) -> list[Path]:
+    """Write report.png and metrics.json into folder (created if needed); returns the paths written."""
+    from .publish import write_alone
+
+    return write_alone(folder, overwrite, lambda publication, target: stage_report(
+        publication, target, volume, geometry, enhanced, metrics, confidence), REPORT_FILES)
+
+
+def stage_report(publication, folder: Path, volume: Volume, geometry: ThroughPlaneGeometry, enhanced: Volume,
+                 metrics: dict, confidence: Optional[Volume] = None) -> None:
+    """Stage (write and verify) report.png and metrics.json for folder.
 
     With a confidence map, a fourth column shows the disagreement (colour) over the result.
     Without matplotlib (Slicer's Python ships none) only metrics.json is written, with a warning.
     """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    json_path = folder / "metrics.json"
+    text = json.dumps(strict_json(metrics), indent=2, allow_nan=False)
     try:
         import matplotlib
     except ImportError:
         sys.stderr.write("warning: matplotlib is not installed, so report.png was not written (pip install matplotlib)\n")
-        _write_metrics(json_path, metrics)
-        return [json_path]
+    else:
+        _stage_picture(publication, folder, matplotlib, volume, geometry, enhanced, metrics, confidence)
+
+    def verify_json(name: str) -> None:
+        if Path(name).read_text() != text:
+            raise ValueError("the file read back differs from what was written")
+
+    publication.stage(folder / "metrics.json", lambda name: Path(name).write_text(text), verify_json)
+
+
+def _stage_picture(publication, folder: Path, matplotlib, volume: Volume, geometry: ThroughPlaneGeometry,
+                   enhanced: Volume, metrics: dict, confidence: Optional[Volume]) -> None:
+    """report.png: as acquired, linear and SR4ZCT (and the disagreement) on the central coronal and sagittal planes."""
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -99,10 +135,7 @@ def write_report(folder: str | Path, volume: Volume, geometry: ThroughPlaneGeome
                      f"vs linear {training['validation_linear_psnr_db']:.2f} dB")
     figure.suptitle(f"SR4ZCT\n{subtitle}", fontsize=11)
     figure.tight_layout()
-    png = folder / "report.png"
     try:
-        write_atomically(png, lambda name: figure.savefig(name, dpi=90, format="png"))
+        publication.stage(folder / "report.png", lambda name: figure.savefig(name, dpi=90, format="png"), _verify_png)
     finally:
         plt.close(figure)
-    _write_metrics(json_path, metrics)
-    return [png, json_path]

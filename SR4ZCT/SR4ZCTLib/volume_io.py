@@ -1,15 +1,14 @@
 """Reading and writing volumes with exact geometry: DICOM series (pydicom), NRRD/NIfTI/MHA (SimpleITK).
 
-Files are in LPS. Outputs are written to a temporary file beside the target and renamed, so a
-failed or cancelled run never leaves a partial file.
+Files are in LPS. Files are checked for truncation before ITK reads them (volume_files.py); outputs are
+staged, verified by reading them back and published by publish.py, so a failed run leaves no partial file.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 
@@ -29,8 +28,11 @@ def _suffix(path: Path) -> str:
     return path.suffix.lower()
 
 
-def read_volume(path: str | os.PathLike) -> Volume:
-    """Read a DICOM series folder or a NRRD/NIfTI/MHA file into a Volume (LPS geometry)."""
+def read_volume(path: str | os.PathLike, allow_external_data: bool = False) -> Volume:
+    """Read a DICOM series folder or a NRRD/NIfTI/MHA file into a Volume (LPS geometry), refusing truncated files.
+
+    Warnings about the file (NIfTI qform/sform disagreement) are in `volume.extra["notes"]`.
+    """
     path = Path(path)
     if not path.exists():
         raise InputError(f"input {path} does not exist; give a DICOM series folder or a .nrrd/.nii.gz/.mha file")
@@ -43,8 +45,19 @@ def read_volume(path: str | os.PathLike) -> Volume:
         )
     if _suffix(path) == ".dcm":
         return read_dicom_series(path.parent)
+    volume = read_image_file(path, allow_external_data)
+    check_volume_shape(volume.array)
+    return volume
+
+
+def read_image_file(path: Path, allow_external_data: bool = False) -> Volume:
+    """A NRRD/NIfTI/MetaImage file as it is (any shape), after the strict size and decompression checks."""
     import SimpleITK as sitk
 
+    from .volume_files import check_volume_file, qform_sform_note
+
+    path = Path(path)
+    check_volume_file(path, allow_external_data)
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as error:
@@ -56,45 +69,47 @@ def read_volume(path: str | os.PathLike) -> Volume:
             "SR4ZCT needs a scalar CT volume"
         )
     array = sitk.GetArrayFromImage(image)
-    check_volume_shape(array)
+    if array.ndim != 3:
+        return Volume(array=array, ijk_to_world=np.eye(4), source="file", extra={"path": str(path), "notes": []})
     array = np.ascontiguousarray(array.astype(array.dtype.newbyteorder("=")))
     directions = np.array(image.GetDirection(), dtype=float).reshape(3, 3)
     matrix = Volume.matrix_from(image.GetOrigin(), image.GetSpacing(), directions)
-    return Volume(array=array, ijk_to_world=matrix, source="file", extra={"path": str(path)})
+    notes = []
+    if _suffix(path) in (".nii", ".nii.gz"):
+        notes = [note for note in [qform_sform_note(path, array.shape, matrix)] if note]
+    return Volume(array=array, ijk_to_world=matrix, source="file", extra={"path": str(path), "notes": notes})
 
 
 def read_dicom_series(folder: str | os.PathLike) -> Volume:
     """Read one DICOM series: slices sorted along the slice normal, increment and SliceThickness checked.
 
     Refuses several series in one folder, non-uniform slice positions (missing or duplicated
-    slices), mixed orientations and gantry tilt, naming the slices at fault.
+    slices), mixed orientations, gantry tilt and header oddities (damaged files, missing or
+    malformed position, orientation, spacing, size, colour, thickness or rescale), naming the files at fault.
     """
-    import pydicom
-
     folder = Path(folder)
-    headers = []
-    for file in sorted(p for p in folder.iterdir() if p.is_file()):
-        try:
-            header = pydicom.dcmread(str(file), stop_before_pixels=True)
-        except Exception:  # not DICOM: skip, as viewers do
-            continue
-        if "ImagePositionPatient" in header and "ImageOrientationPatient" in header:
-            headers.append((file, header))
-    if not headers:
-        raise InputError(f"no DICOM images with position and orientation found in {folder}; give a CT series folder")
+    headers = _image_headers(folder)
     series = {str(h.get("SeriesInstanceUID", "")) for _, h in headers}
     if len(series) > 1:
         raise InputError(
             f"{folder} holds {len(series)} DICOM series; put one series per folder (or load it in Slicer)"
         )
-    orientation = np.array([float(v) for v in headers[0][1].ImageOrientationPatient])
     for file, header in headers:
-        if not np.allclose([float(v) for v in header.ImageOrientationPatient], orientation, atol=1e-4):
+        if "ImagePositionPatient" not in header or "ImageOrientationPatient" not in header:
+            raise InputError(f"{file.name} is an image without ImagePositionPatient/ImageOrientationPatient, so it "
+                             "cannot be placed in the series; remove it from the folder or export the series again")
+    orientation = _numbers(headers[0], "ImageOrientationPatient", 6)
+    for file, header in headers:
+        if not np.allclose(_numbers((file, header), "ImageOrientationPatient", 6), orientation, atol=1e-4):
             raise InputError(f"{file.name} has a different ImageOrientationPatient from the rest of the series; "
                              "the series mixes orientations (a localiser?); remove the odd images")
     row_cosine, column_cosine = orientation[:3], orientation[3:]
+    if (abs(np.linalg.norm(row_cosine) - 1) > 1e-3 or abs(np.linalg.norm(column_cosine) - 1) > 1e-3
+            or abs(float(row_cosine @ column_cosine)) > 1e-3):
+        raise InputError(f"ImageOrientationPatient of {headers[0][0].name} ({', '.join(f'{v:g}' for v in orientation)}) "
+                         "is not two perpendicular unit vectors; the header is damaged: export the series again")
     normal = np.cross(row_cosine, column_cosine)
-    positions = np.array([[float(v) for v in h.ImagePositionPatient] for _, h in headers])
+    positions = np.array([_numbers(item, "ImagePositionPatient", 3) for item in headers])
     along = positions @ normal
     order = np.argsort(along, kind="stable")
     headers = [headers[i] for i in order]
@@ -120,9 +135,9 @@ def read_dicom_series(folder: str | os.PathLike) -> Volume:
             f"the slices are sheared by {tilt:.2f} degrees (gantry tilt); correct the tilt first "
             "(Slicer's DICOM module does it on loading with 'Acquisition geometry regularization')"
         )
+    pixel_spacing = _check_image_format(headers)
     thickness = _slice_thickness(headers)
-    pixel_spacing = [float(v) for v in headers[0][1].PixelSpacing]
-    array = _read_pixels([file for file, _ in headers])
+    array = _read_pixels(headers, _rescales(headers))
     directions = np.stack([row_cosine, column_cosine, normal], axis=1)
     spacing = (pixel_spacing[1], pixel_spacing[0], increment)
     matrix = Volume.matrix_from(positions[0], spacing, directions)
@@ -130,94 +145,162 @@ def read_dicom_series(folder: str | os.PathLike) -> Volume:
                   extra={"path": str(folder)})
 
 
+def _image_headers(folder: Path) -> list:
+    """(file, header) of every DICOM image in folder; other files are skipped, damaged DICOM files refused."""
+    import pydicom
+
+    headers = []
+    for file in sorted(p for p in folder.iterdir() if p.is_file()):
+        try:
+            header = pydicom.dcmread(str(file), stop_before_pixels=True)
+        except Exception as error:
+            with open(file, "rb") as handle:
+                is_dicom = handle.read(132)[128:] == b"DICM"
+            if is_dicom:
+                raise InputError(f"{file.name} is a damaged DICOM file ({error.__class__.__name__}); "
+                                 "remove it or export the series again") from None
+            continue  # not DICOM (notes, DICOMDIR without images): skip, as viewers do
+        if "Rows" in header or "ImagePositionPatient" in header:
+            headers.append((file, header))
+        elif "Image Storage" in getattr(header.get("SOPClassUID", getattr(header.get("file_meta", None), "MediaStorageSOPClassUID", None)), "name", ""):
+            raise InputError(f"{file.name} is a damaged DICOM file (an image without rows or position: truncated?); "
+                             "remove it or export the series again")
+    if not headers:
+        raise InputError(f"no DICOM images with position and orientation found in {folder}; give a CT series folder")
+    return headers
+
+
+def _numbers(item, keyword: str, count: int) -> np.ndarray:
+    """A multi-valued numeric DICOM attribute as `count` finite floats, or an `error:` naming the file."""
+    file, header = item
+    raw = header.get(keyword)
+    try:
+        values = np.array([float(v) for v in (raw if raw is not None and not isinstance(raw, (str, bytes)) else [raw])])
+    except (TypeError, ValueError):
+        values = np.array([])
+    if values.shape != (count,) or not np.all(np.isfinite(values)):
+        raise InputError(f"{keyword} of {file.name} is {raw!r}, not {count} numbers; the header is damaged: "
+                         "remove the file or export the series again")
+    return values
+
+
+def _check_image_format(headers) -> list[float]:
+    """Same size, one sample per pixel and the same positive PixelSpacing on every slice; returns the spacing."""
+    first_file, first = headers[0]
+    size = (first.get("Rows"), first.get("Columns"))
+    spacing = _numbers(headers[0], "PixelSpacing", 2)
+    for file, header in headers:
+        if int(header.get("SamplesPerPixel", 1) or 1) != 1:
+            raise InputError(f"{file.name} is a colour image ({header.get('PhotometricInterpretation', 'RGB')}); "
+                             "SR4ZCT needs a greyscale CT series: remove it from the folder")
+        if (header.get("Rows"), header.get("Columns")) != size:
+            raise InputError(f"{file.name} is {header.get('Rows')} x {header.get('Columns')} pixels but "
+                             f"{first_file.name} is {size[0]} x {size[1]}; remove the odd image from the folder")
+        if not np.allclose(_numbers((file, header), "PixelSpacing", 2), spacing, rtol=1e-4):
+            raise InputError(f"PixelSpacing of {file.name} differs from {first_file.name}; the folder mixes series: "
+                             "remove the odd images")
+    if min(spacing) <= 0:
+        raise InputError(f"PixelSpacing of {first_file.name} is {list(spacing)}; it must be positive: fix the header")
+    return [float(v) for v in spacing]
+
+
 def _slice_thickness(headers) -> Optional[float]:
-    values = {round(float(h.SliceThickness), 4) for _, h in headers if h.get("SliceThickness") not in (None, "")}
+    values = set()
+    for file, header in headers:
+        try:
+            raw = header.get("SliceThickness")
+            value = float("nan") if raw in (None, "") else float(raw)
+        except (TypeError, ValueError):
+            raw, value = header["SliceThickness"].value if "SliceThickness" in header else "?", float("nan")
+        if raw in (None, ""):
+            continue
+        if not np.isfinite(value) or value < 0:
+            raise InputError(f"SliceThickness of {file.name} is {str(raw)!r}, not a positive number of millimetres; "
+                             "fix the DICOM header (or convert the series to NRRD and give --thickness)")
+        values.add(round(value, 4))
     values.discard(0.0)
     if len(values) > 1:
         raise InputError(f"SliceThickness differs between slices ({sorted(values)} mm); split the series by thickness")
     return values.pop() if values else None
 
 
-def _read_pixels(files: list[Path]) -> np.ndarray:
+def _rescales(headers) -> list[tuple[float, float]]:
+    """(slope, intercept) per slice: refused when missing on some slices, on a CT, or when the slope is 0."""
+    present = ["RescaleSlope" in h and "RescaleIntercept" in h for _, h in headers]
+    if not all(present):
+        missing = [file.name for (file, _), ok in zip(headers, present) if not ok]
+        if any(present) or str(headers[0][1].get("Modality", "")).upper() == "CT":
+            raise InputError(f"RescaleSlope/RescaleIntercept missing in {len(missing)} file(s) ({', '.join(missing[:5])}"
+                             f"{' ...' if len(missing) > 5 else ''}); without them those values are not in HU: "
+                             "export the series again with its rescale tags")
+        return [(1.0, 0.0)] * len(headers)
+    result = []
+    for file, header in headers:
+        try:
+            slope, intercept = float(header.RescaleSlope), float(header.RescaleIntercept)
+        except (TypeError, ValueError):
+            slope = intercept = float("nan")
+        if not (np.isfinite(slope) and np.isfinite(intercept)) or slope == 0:
+            raise InputError(f"{file.name} has RescaleSlope {header.RescaleSlope!r} and RescaleIntercept "
+                             f"{header.RescaleIntercept!r}; the slope must be a non-zero number: fix the header")
+        result.append((slope, intercept))
+    return result
+
+
+def _read_pixels(headers, rescales: list[tuple[float, float]]) -> np.ndarray:
     import pydicom
+    from pydicom.uid import UncompressedTransferSyntaxes
 
     slices = []
-    for file in files:
+    for (file, header), (slope, intercept) in zip(headers, rescales):
         dataset = pydicom.dcmread(str(file))
         try:
             pixels = dataset.pixel_array
-        except Exception as error:  # compressed transfer syntax without a decoder, etc.
+        except Exception as error:
+            syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
+            if syntax is None or syntax in UncompressedTransferSyntaxes or "PixelData" not in dataset:
+                raise InputError(f"the pixel data of {file.name} is missing or truncated ({error}); "
+                                 "remove the file or export the series again") from None
             raise InputError(
                 f"cannot decode the pixels of {file.name} ({error.__class__.__name__}: {error}); "
                 "install a decoder (pip install pylibjpeg pylibjpeg-libjpeg) or convert the series to NRRD"
             ) from None
-        slope = float(dataset.get("RescaleSlope", 1) or 1)
-        intercept = float(dataset.get("RescaleIntercept", 0) or 0)
+        if pixels.shape != (header.Rows, header.Columns):
+            raise InputError(f"{file.name} holds pixels of shape {pixels.shape}, not one {header.Rows} x "
+                             f"{header.Columns} image; SR4ZCT reads single-frame greyscale CT slices")
         slices.append((pixels, slope, intercept))
     integral = all(s == 1.0 and i == int(i) for _, s, i in slices)
     dtype = np.int16 if integral else np.float32
     array = np.empty((len(slices),) + slices[0][0].shape, dtype=dtype)
     for index, (pixels, slope, intercept) in enumerate(slices):
         values = pixels.astype(np.float64) * slope + intercept
-        if integral and (values.min() < -32768 or values.max() > 32767):
+        if integral and array.dtype == np.int16 and (values.min() < -32768 or values.max() > 32767):
             array = array.astype(np.int32)
         array[index] = values
     return array
 
 
-def check_output_path(output: str | os.PathLike, inputs: list[str | os.PathLike], overwrite: bool = False) -> Path:
-    """Refuse an output that is the input, exists (without overwrite), has an unknown type, or cannot be written."""
-    output = Path(output)
-    if _suffix(output) not in OUTPUT_SUFFIXES:
-        raise InputError(f"output {output.name}: unknown type; end the name with one of {', '.join(OUTPUT_SUFFIXES)}")
-    for source in inputs:
-        source = Path(source)
-        inside = source.is_dir() and output.resolve().parent == source.resolve()
-        if output.resolve() == source.resolve() or inside or (output.exists() and os.path.samefile(output, source)):
-            raise InputError(f"output {output} would overwrite the input; choose another output path")
-    if output.exists() and not overwrite:
-        raise InputError(f"output {output} exists; choose another path or pass --overwrite")
-    parent = output.resolve().parent
-    if not parent.is_dir():
-        raise InputError(f"output folder {parent} does not exist; create it first")
-    if not os.access(parent, os.W_OK):
-        raise InputError(f"output folder {parent} is not writable; choose another output path")
-    return output
-
-
-def write_volume(volume: Volume, path: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Write atomically (temporary file, then rename) with the volume's exact LPS geometry."""
+def stage_volume(publication, volume: Volume, path: Path) -> None:
+    """Write volume to path's temporary file with its exact LPS geometry and verify it by reading it back."""
     import SimpleITK as sitk
 
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise InputError(f"output {path} exists; choose another path or pass --overwrite")
     image = sitk.GetImageFromArray(np.ascontiguousarray(volume.array))
     image.SetSpacing([float(s) for s in volume.spacing])
     image.SetOrigin([float(v) for v in volume.origin])
     image.SetDirection([float(v) for v in volume.directions.ravel()])
-    return write_atomically(path, lambda name: sitk.WriteImage(image, name, useCompression=True))
+
+    def verify(name: str) -> None:
+        written = read_image_file(Path(name))
+        if (written.array.shape != volume.array.shape or written.array.dtype != volume.array.dtype
+                or not np.allclose(written.ijk_to_world, volume.ijk_to_world, atol=1e-4)
+                or not np.array_equal(written.array, volume.array, equal_nan=True)):
+            raise InputError("the file read back differs from what was written")
+
+    publication.stage(path, lambda name: sitk.WriteImage(image, name, useCompression=True), verify)
 
 
-def write_atomically(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
-    """Call write(temporary name) beside path, then rename into place; on any failure remove the temporary."""
-    path = Path(path)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".partial{_suffix(path)}",
-                                         dir=path.resolve().parent)
-    os.close(handle)
-    try:
-        write(temporary)
-        publish(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
-    return path
+def write_volume(volume: Volume, path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Write, verify and publish one volume (no clobber unless overwrite)."""
+    from .publish import write_alone
 
-
-def publish(temporary: str | os.PathLike, path: str | os.PathLike) -> None:
-    """Give a finished temporary file the usual permissions (mkstemp makes it 0600) and rename it into place."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(temporary, 0o666 & ~mask)
-    os.replace(temporary, path)
+    return write_alone(path, overwrite, lambda publication, target: stage_volume(publication, volume, target))[0]

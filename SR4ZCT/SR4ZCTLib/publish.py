@@ -1,0 +1,315 @@
+"""Every output of a run, checked before any work and published all together at the end, verified, never clobbered.
+
+A run names its outputs first (`OutputPlan`): each path is checked at once (type, folder exists and is
+writable, name length, not an input, not inside a DICOM input folder, not another output of the run,
+no existing file without overwrite) and stale partial files of dead runs in those folders are removed.
+At the end each artefact is written to a temporary `.NAME.sr4zct-PID.partial.EXT` beside its target,
+fsynced and verified by reading it back (`Publication.stage`); only when every artefact passed are
+they published: a hard link (no clobber: exactly one of two racing runs wins) or, with overwrite,
+os.replace. A failure before that leaves every old file as it was.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Optional
+
+from .errors import InputError, ResourceError
+
+PARTIAL_PATTERN = re.compile(r"^\.(?P<name>.+)\.sr4zct-(?P<pid>\d+)-\d+\.partial(?P<ext>.*)$")
+SPACE_MARGIN_BYTES = 16 * 2**20  # leave this much free beyond the estimate
+
+
+_counter = itertools.count()
+
+
+def partial_name(path: Path, serial: int = 0) -> Path:
+    """The temporary name of `path` while it is written: recognisable, with this process id, same extension."""
+    name = path.name
+    extension = ".nii.gz" if name.lower().endswith(".nii.gz") else path.suffix
+    return path.with_name(f".{name}.sr4zct-{os.getpid()}-{serial}.partial{extension}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_partials(folder: Path) -> list[str]:
+    """Remove partial files left in folder by dead sr4zct runs (SIGKILL, power loss); returns one note each."""
+    notes = []
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return notes
+    for entry in entries:
+        match = PARTIAL_PATTERN.match(entry.name)
+        if not match or not entry.is_file() or int(match["pid"]) == os.getpid():
+            continue
+        if _alive(int(match["pid"])):
+            notes.append(f"{entry} is being written by a running sr4zct (process {match['pid']}); left alone")
+            continue
+        try:
+            entry.unlink()
+            notes.append(f"removed {entry}, left by an interrupted sr4zct run")
+        except OSError as error:
+            notes.append(f"{entry} was left by an interrupted sr4zct run and cannot be removed ({error.strerror}); "
+                         "delete it by hand")
+    return notes
+
+
+def input_files(source: Path) -> tuple[list[Path], Optional[Path]]:
+    """Files an input consists of (never to be written), and the DICOM folder when the input is one."""
+    source = Path(source)
+    if source.is_dir() or source.name.lower().endswith(".dcm"):
+        folder = source if source.is_dir() else source.parent
+        return [p for p in folder.iterdir() if p.is_file()], folder.resolve()
+    files = [source]
+    header = source.name.lower()
+    if header.endswith((".nhdr", ".mhd")) and source.is_file():
+        from .volume_files import _read_text_header  # the detached data file is part of the input too
+
+        fields, _ = _read_text_header(source, ":" if header.endswith(".nhdr") else "=")
+        name = fields.get("data file", fields.get("datafile", fields.get("elementdatafile")))
+        if name and name.upper() not in ("LOCAL", "LIST"):
+            files.append(source.parent / name)
+    return files, None
+
+
+@dataclass
+class _Output:
+    option: str  # how the user named it: "-o", "--save-model", "--report"
+    path: Path
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return a.resolve() == b.resolve()
+
+
+class OutputPlan:
+    """The outputs of one run, all checked before any work (see the module docstring)."""
+
+    def __init__(self, source: Optional[Path], overwrite: bool = False) -> None:
+        self.overwrite = overwrite
+        self.outputs: list[_Output] = []
+        self.created_folders: list[Path] = []
+        self.protected, self.dicom_folder = input_files(source) if source is not None else ([], None)
+        self.notes: list[str] = []
+
+    def add(self, option: str, path: str | os.PathLike, suffixes: Optional[Iterable[str]] = None) -> Path:
+        """Check one output path now; returns it."""
+        path = Path(path)
+        if suffixes is not None and not path.name.lower().endswith(tuple(suffixes)):
+            raise InputError(f"{option} {path.name}: unknown type; end the name with one of {', '.join(suffixes)}")
+        if path.is_dir():
+            raise InputError(f"{option} {path} is a folder; give a file name (--overwrite never replaces a folder)")
+        for source in self.protected:
+            if _same_file(path, source):
+                raise InputError(f"{option} {path} would overwrite the input; choose another path")
+        if self.dicom_folder is not None and self.dicom_folder in path.resolve().parents:
+            raise InputError(f"{option} {path} is inside the input DICOM folder {self.dicom_folder}; "
+                             "write outputs elsewhere so the series stays as it was")
+        for other in self.outputs:
+            if other.path.resolve() in path.resolve().parents:
+                raise InputError(f"{option} {path} is inside the {other.option} output folder of this run; give each "
+                                 "output its own path")
+            if _same_file(path, other.path):
+                raise InputError(f"{option} {path} is also the {other.option} output of this run; give each output "
+                                 "its own path")
+        if path.exists() and not self.overwrite:
+            raise InputError(f"{option} {path} exists; choose another path or pass --overwrite")
+        self._check_folder(option, path)
+        self.outputs.append(_Output(option, path))
+        return path
+
+    def protect_folder(self, option: str, folder: str | os.PathLike) -> Path:
+        """Record an output folder checked elsewhere (a DICOM series): no other output may be it or lie inside it."""
+        folder = Path(folder)
+        self.outputs.append(_Output(option, folder))
+        return folder
+
+    def add_folder(self, option: str, folder: str | os.PathLike, names: Iterable[str]) -> list[Path]:
+        """Check a folder of outputs (--report): a folder or creatable there, and each file in it."""
+        folder = Path(folder)
+        if folder.exists() and not folder.is_dir():
+            raise InputError(f"{option} {folder} is a file; give a folder (it is created if needed)")
+        if not folder.exists():
+            self._check_folder(option, folder)
+        return [self.add(option, folder / name) for name in names]
+
+    def _check_folder(self, option: str, path: Path) -> None:
+        parent = path.resolve().parent
+        if not parent.exists():
+            if option == "--report" and parent.parent.is_dir():
+                return self._check_folder(option, parent)  # the report folder itself is created at the end
+            raise InputError(f"{option}: folder {parent} does not exist; create it first")
+        if not parent.is_dir():
+            raise InputError(f"{option}: {parent} is not a folder")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise InputError(f"{option}: folder {parent} is not writable; choose another path")
+        limit = os.pathconf(parent, "PC_NAME_MAX") if hasattr(os, "pathconf") else 255
+        if len(os.fsencode(partial_name(path, 10**6).name)) > limit:
+            raise InputError(f"{option} {path.name}: the name is too long for this file system "
+                             f"(at most {limit - len(partial_name(path, 10**6).name) + len(path.name)} characters); "
+                             "choose a shorter name")
+        self.notes.extend(remove_stale_partials(parent))
+
+    def check_space(self, sizes: dict[str, int]) -> None:
+        """Refuse when a folder lacks the free space for the outputs' estimated sizes (bytes per option)."""
+        needed: dict[int, tuple[Path, int]] = {}
+        for output in self.outputs:
+            folder = _existing_ancestor(output.path)
+            device = folder.stat().st_dev
+            share = sizes.get(output.option, 0) // max(1, sum(o.option == output.option for o in self.outputs))
+            needed[device] = (folder, needed.get(device, (folder, 0))[1] + share)
+        for folder, size in needed.values():
+            free = shutil.disk_usage(folder).free
+            if size + SPACE_MARGIN_BYTES > free:
+                raise ResourceError(f"the outputs need about {size / 2**20:.0f} MiB but {folder} has "
+                                    f"{free / 2**20:.0f} MiB free; free disk space or write elsewhere")
+
+
+def _existing_ancestor(path: Path) -> Path:
+    folder = path.resolve().parent
+    while not folder.exists():
+        folder = folder.parent
+    return folder
+
+
+def _fsync(path: Path | str, directory: bool = False) -> None:
+    descriptor = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0))
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        if not directory:
+            raise
+    finally:
+        os.close(descriptor)
+
+
+class Publication:
+    """Stages verified temporary files for a checked plan, then publishes them all or none."""
+
+    def __init__(self, plan: OutputPlan) -> None:
+        self.plan = plan
+        self.staged: list[tuple[Path, Path]] = []  # (temporary, target)
+
+    def stage(self, target: Path, write: Callable[[str], None], verify: Callable[[str], None]) -> None:
+        """Write target's temporary file, fsync it and verify it; on any failure remove it and raise `error:`."""
+        target = Path(target)
+        folder = target.parent
+        if not folder.exists():
+            folder.mkdir(parents=True)
+            self.plan.created_folders.append(folder)
+        temporary = partial_name(target, next(_counter))
+        descriptor = os.open(temporary, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        os.close(descriptor)
+        self.staged.append((temporary, target))
+        try:
+            write(str(temporary))
+            _fsync(temporary)
+            verify(str(temporary))
+        except (ValueError, OSError, RuntimeError, EOFError) as error:
+            free = shutil.disk_usage(folder).free / 2**20
+            reason = (error.strerror if isinstance(error, OSError) and error.strerror
+                      else str(error).strip().splitlines()[-1].split("; ")[0])  # the finding, not the input's fix
+            raise ResourceError(f"writing {target} failed ({reason}); {free:.0f} MiB free in {folder}: free disk "
+                                "space or write elsewhere. No output was published") from None
+
+    def publish(self) -> list[Path]:
+        """Move every staged file into place (no clobber unless overwrite); all or, on failure, none."""
+        mask = os.umask(0)
+        os.umask(mask)
+        done: list[Path] = []
+        try:
+            for temporary, target in self.staged:
+                os.chmod(temporary, 0o666 & ~mask)
+                if self.plan.overwrite:
+                    if target.is_dir() or any(_same_file(target, p) for p in self.plan.protected if target.exists()):
+                        raise InputError(f"{target} became a folder or an input while this run worked; not replaced")
+                    os.replace(temporary, target)
+                else:
+                    _link_exclusive(temporary, target)
+                    temporary.unlink()
+                done.append(target)
+                _fsync(target.parent, directory=True)
+        except BaseException:
+            if not self.plan.overwrite:
+                for target in done:
+                    target.unlink(missing_ok=True)
+            self.discard()
+            raise
+        self.staged = []
+        return done
+
+    def discard(self) -> None:
+        """Remove every temporary file (and folders this run created, when empty)."""
+        for temporary, _ in self.staged:
+            temporary.unlink(missing_ok=True)
+        self.staged = []
+        for folder in reversed(self.plan.created_folders):
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
+
+
+def _link_exclusive(temporary: Path, target: Path) -> None:
+    """Give temporary the name target only if nothing has that name (hard link; O_EXCL claim where links fail)."""
+    try:
+        os.link(temporary, target)
+        return
+    except FileExistsError:
+        raise InputError(f"{target} appeared while this run worked (another run?); it was left as it is. "
+                         "Choose another path or pass --overwrite") from None
+    except OSError:
+        pass  # no hard links on this file system
+    try:
+        os.close(os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        raise InputError(f"{target} appeared while this run worked (another run?); it was left as it is. "
+                         "Choose another path or pass --overwrite") from None
+    os.replace(temporary, target)
+
+
+def write_alone(path: str | os.PathLike, overwrite: bool, stage: Callable[["Publication", Path], None],
+                folder_names: Optional[Iterable[str]] = None) -> list[Path]:
+    """Check, stage, verify and publish one artefact (or one folder of them, given folder_names) outside a run."""
+    plan = OutputPlan(None, overwrite)
+    if folder_names is None:
+        plan.add("output", path)
+    else:
+        plan.add_folder("--report", path, folder_names)
+    publication = Publication(plan)
+    try:
+        stage(publication, Path(path))
+        return publication.publish()
+    except BaseException:
+        publication.discard()
+        raise
+
+
+def write_text(path: str | os.PathLike, text: str, overwrite: bool = True) -> Path:
+    """Write, fsync, verify (read back equal) and publish one small text file (JSON, CSV) outside a run."""
+
+    data = text.encode("utf-8")
+
+    def verify(name: str) -> None:
+        if Path(name).read_bytes() != data:
+            raise ValueError("the file read back differs from what was written")
+
+    return write_alone(path, overwrite, lambda publication, target: publication.stage(
+        target, lambda name: Path(name).write_bytes(data), verify))[0]
