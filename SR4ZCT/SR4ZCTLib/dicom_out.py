@@ -76,9 +76,14 @@ def _along_normal(header) -> float:
 
 
 def is_dicom_output(path: str | os.PathLike, fmt: Optional[str]) -> bool:
-    """DICOM when asked for, or when the output is a folder: an existing one, or a name without any suffix."""
+    """DICOM when asked for, or when the output is a folder (an existing one, or a name without any suffix) not named
+    as a volume file (a folder called o.nrrd is refused as a volume output, never filled with a series)."""
+    from .volume_io import OUTPUT_SUFFIXES
+
     path = Path(path)
-    return fmt == "dicom" or (fmt is None and (path.is_dir() or path.suffix == ""))
+    if fmt is not None:
+        return fmt == "dicom"
+    return not path.name.lower().endswith(tuple(OUTPUT_SUFFIXES)) and (path.is_dir() or path.suffix == "")
 
 
 def check_dicom_output(output: str | os.PathLike, inputs: list[str | os.PathLike], overwrite: bool = False) -> Path:
