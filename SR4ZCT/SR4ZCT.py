@@ -564,9 +564,9 @@ class SR4ZCTLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def confidenceNode(outputVolume):
-        """The confidence map node added with outputVolume (attribute SR4ZCT.confidenceOf), or None."""
+        """The latest confidence map node added with outputVolume (attribute SR4ZCT.confidenceOf), or None."""
         scene = outputVolume.GetScene() if outputVolume else None
-        for index in range(scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") if scene else 0):
+        for index in reversed(range(scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") if scene else 0)):
             node = scene.GetNthNodeByClass(index, "vtkMRMLScalarVolumeNode")
             if node.GetAttribute("SR4ZCT.confidenceOf") == outputVolume.GetID():
                 return node

@@ -260,6 +260,25 @@ def test_apply_with_the_confidence_map_adds_it_over_the_result(SR4ZCT):
     assert_clean()
 
 
+def test_a_rerun_into_the_same_output_shows_its_latest_confidence_map(SR4ZCT):
+    from SR4ZCTLib.mrml import add_confidence_node, volume_from_node
+    from SR4ZCTLib.volume import Volume
+
+    ct, result = add_volume("CT"), add_volume("CT SR4ZCT")
+    model.open_main_window(slicer.mrmlScene)
+    logic = SR4ZCT.SR4ZCTLogic()
+    assert logic.confidenceNode(result) is None and logic.describeConfidence(None) == ""
+    grid = volume_from_node(result)
+    first, latest = (add_confidence_node(Volume(np.full(grid.array.shape, value, np.float32), grid.ijk_to_world),
+                                         slicer.mrmlScene, result) for value in (5.0, 30.0))
+    assert logic.confidenceNode(result) is latest and first is not latest
+    logic.showSideBySide(ct, result, logic.confidenceNode(result))
+    assert composite("Yellow").GetForegroundVolumeID() == latest.GetID()
+    assert composite("Yellow").GetForegroundOpacity() == pytest.approx(0.4)
+    assert logic.describeConfidence(latest).startswith("Colour overlay on the result")
+    assert "0-30 HU of disagreement" in logic.describeConfidence(latest)
+
+
 def test_cancel_ends_the_job_and_adds_nothing(SR4ZCT):
     add_volume("CT", (0.7, 0.7, 2.5), slices=6)
     host = open_panel(SR4ZCT)
