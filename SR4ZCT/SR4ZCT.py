@@ -59,6 +59,7 @@ Sample data: Lung-PET-CT-Dx (TCIA, CC BY 4.0).
 
 THICKNESS_RANGE_MM = (0.01, 50.0)  # thickness and increment fields; values read from a volume are clamped to it
 MINIMUM_TORCH_VERSION = "2.1"
+CONFIDENCE_OPACITY = 0.4  # the confidence map over the result: the anatomy stays readable beneath it
 
 
 @parameterNodeWrapper
@@ -78,6 +79,8 @@ class SR4ZCTParameterNode:
     outputVolume - Where the result goes; none creates a new node.
     acquisitionVolume - The input that thickness and increment were filled from (saved with the scene, so a
         reloaded scene keeps the user's values).
+    confidenceMap - Also add where the coronal and sagittal passes disagree, as a colour overlay on the result.
+        Off by default: the result is read as plain grey values, and the map costs one more volume of memory.
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
@@ -91,6 +94,7 @@ class SR4ZCTParameterNode:
     seed: Annotated[int, WithinRange(0, 2147483647)] = 0
     outputVolume: vtkMRMLScalarVolumeNode
     acquisitionVolume: vtkMRMLScalarVolumeNode
+    confidenceMap: bool = False
 
 
 #
@@ -316,7 +320,7 @@ class SR4ZCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 thicknessMm=parameters.thicknessMm, incrementMm=parameters.incrementMm, profile=parameters.profile,
                 preset=parameters.preset, iterations=parameters.iterations or None,
                 targetSpacingMm=parameters.targetSpacingMm or None, device=parameters.device, seed=parameters.seed,
-                waitForCompletion=False, logCallback=logging.info,
+                confidence=parameters.confidenceMap, waitForCompletion=False, logCallback=logging.info,
             )
             self.ui.progressBar.setVisible(True)
             self.ui.progressBar.value = 0
@@ -345,10 +349,11 @@ class SR4ZCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         state = job.state.value
         if job.result_node is not None:
             self.ui.statusLabel.text = _("Done.")
-            self.ui.metricsLabel.text = self.logic.describeMetrics(job.metrics)
+            self.ui.metricsLabel.text = "\n".join(filter(None, [self.logic.describeMetrics(job.metrics),
+                                                                self.logic.describeConfidence(job.confidence_node)]))
             if job.metrics.get("device"):
                 self.ui.deviceStatusLabel.text = _("{device} (last run)").format(device=job.metrics["device"])
-            self.logic.showSideBySide(job.input_node, job.result_node)
+            self.logic.showSideBySide(job.input_node, job.result_node, job.confidence_node)
         elif state == "cancelled":
             self.ui.statusLabel.text = _("Cancelled: nothing was added.")
         else:
@@ -390,7 +395,8 @@ class SR4ZCTLogic(ScriptedLoadableModuleLogic):
     """Runs SR4ZCT on volume nodes; usable from the Python console without the widget:
 
     logic = slicer.util.getModuleLogic("SR4ZCT")  # or SR4ZCT.SR4ZCTLogic()
-    outputNode = logic.process(getNode("CT"), thicknessMm=3.0, incrementMm=2.0)
+    outputNode = logic.process(getNode("CT"), thicknessMm=3.0, incrementMm=2.0, confidence=True)
+    logic.showSideBySide(getNode("CT"), outputNode, logic.confidenceNode(outputNode))
     """
 
     def __init__(self) -> None:
@@ -509,10 +515,13 @@ class SR4ZCTLogic(ScriptedLoadableModuleLogic):
     def process(self, inputVolume, outputVolume=None, thicknessMm: Optional[float] = None,
                 incrementMm: Optional[float] = None, profile: str = "box", preset: str = "fast",
                 iterations: Optional[int] = None, targetSpacingMm: Optional[float] = None, device: str = "auto",
-                seed: int = 0, waitForCompletion: bool = True, progressCallback=None, logCallback=None):
+                seed: int = 0, confidence: bool = False, waitForCompletion: bool = True, progressCallback=None,
+                logCallback=None):
         """Enhance inputVolume in a separate process (Slicer stays responsive).
 
         :param thicknessMm, incrementMm: default: DICOM SliceThickness / the node's slice spacing.
+        :param confidence: also add the confidence map (coronal/sagittal disagreement, HU) as a second node,
+            linked to the output (see confidenceNode).
         :param waitForCompletion: True returns the output node when done (console, tests);
             False returns the running job (poll(), cancel(), result_node) at once.
         :return: the output node, or the job. A failed or cancelled run adds no node.
@@ -523,7 +532,8 @@ class SR4ZCTLogic(ScriptedLoadableModuleLogic):
         if not inputVolume:
             raise ValueError(_("Input volume is invalid"))
         request = EnhanceRequest(thickness_mm=thicknessMm, increment_mm=incrementMm, profile=profile, preset=preset,
-                                 iterations=iterations, target_spacing_mm=targetSpacingMm, device=device, seed=seed)
+                                 iterations=iterations, target_spacing_mm=targetSpacingMm, device=device, seed=seed,
+                                 confidence=confidence)
         job = EnhanceJob(inputVolume, request, self.pythonExecutable(), output_node=outputVolume,
                         output_name=f"{inputVolume.GetName()} SR4ZCT", on_progress=progressCallback,
                         on_log=logCallback, lookup=slicer_dicom_lookup())
@@ -553,19 +563,41 @@ class SR4ZCTLogic(ScriptedLoadableModuleLogic):
                                                    total=timings.get("total_s", 0.0), device=metrics.get("device", "?"))
 
     @staticmethod
-    def showSideBySide(inputVolume, outputVolume, orientation: str = "Coronal") -> None:
-        """Input left (Red), result right (Yellow), linked, coronal by default."""
+    def confidenceNode(outputVolume):
+        """The latest confidence map node added with outputVolume (attribute SR4ZCT.confidenceOf), or None."""
+        scene = outputVolume.GetScene() if outputVolume else None
+        for index in reversed(range(scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") if scene else 0)):
+            node = scene.GetNthNodeByClass(index, "vtkMRMLScalarVolumeNode")
+            if node.GetAttribute("SR4ZCT.confidenceOf") == outputVolume.GetID():
+                return node
+        return None
+
+    @staticmethod
+    def describeConfidence(confidenceVolume) -> str:
+        """What the colour overlay on the result means, for the panel."""
+        display = confidenceVolume.GetDisplayNode() if confidenceVolume else None
+        if display is None:
+            return ""
+        return _("Colour overlay on the result: where the coronal and sagittal passes disagree, 0-{top:.0f} HU of "
+                 "disagreement; high = the network is less sure there (read with care; not an error bound).").format(
+            top=display.GetWindowLevelMax())
+
+    @staticmethod
+    def showSideBySide(inputVolume, outputVolume, confidenceVolume=None, orientation: str = "Coronal") -> None:
+        """Input alone left (Red), result right (Yellow) with the confidence map over it, linked, coronal by default."""
         layoutManager = slicer.app.layoutManager() if hasattr(slicer, "app") else None
         if layoutManager is None:  # no main window (tests, batch)
             return
         layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutSideBySideView)
-        for viewName, volume in (("Red", inputVolume), ("Yellow", outputVolume)):
+        for viewName, volume, overlay in (("Red", inputVolume, None), ("Yellow", outputVolume, confidenceVolume)):
             sliceWidget = layoutManager.sliceWidget(viewName)
             if sliceWidget is None:
                 continue
             compositeNode = sliceWidget.sliceLogic().GetSliceCompositeNode()
             compositeNode.SetBackgroundVolumeID(volume.GetID())
-            compositeNode.SetForegroundVolumeID(None)
+            compositeNode.SetForegroundVolumeID(overlay.GetID() if overlay else None)
+            if overlay:
+                compositeNode.SetForegroundOpacity(CONFIDENCE_OPACITY)
             compositeNode.SetLinkedControl(True)
             sliceWidget.mrmlSliceNode().SetOrientation(orientation)
             sliceWidget.sliceLogic().FitSliceToAll()

@@ -223,6 +223,34 @@ class QPushButton(QWidget):
             self.clicked.emit(False)
 
 
+class QCheckBox(QWidget):
+    """Setting `checked` emits stateChanged(0 or 2), then toggled(bool), when it changes (QAbstractButton::setChecked)."""
+
+    DEFAULTS = {**QWidget.DEFAULTS, "text": "", "checked": False}
+    stateChanged = signal()
+    toggled = signal()
+    clicked = signal()
+    text = value_property("text", None)
+
+    @property
+    def checked(self) -> bool:
+        return self.__dict__.get("_checked", False)
+
+    @checked.setter
+    def checked(self, value) -> None:
+        value, old = bool(value), self.checked
+        self.__dict__["_checked"] = value
+        if value != old:
+            self.stateChanged.emit(2 if value else 0)
+            self.toggled.emit(value)
+
+    def click(self) -> None:
+        """A user's click: an enabled box toggles, then emits clicked."""
+        if self.enabled:
+            self.checked = not self.checked
+            self.clicked.emit(self.checked)
+
+
 class ctkCollapsibleButton(QPushButton):
     DEFAULTS = {**QPushButton.DEFAULTS, "collapsed": False}
     collapsed = value_property("collapsed", None)
@@ -486,7 +514,7 @@ def process_events() -> None:
 
 
 # ---- QUiLoader: builds the widget tree of a .ui file ------------------------------------------------------------------
-WIDGET_CLASSES = {cls.__name__: cls for cls in (QWidget, QLabel, QPushButton, ctkCollapsibleButton, QProgressBar,
+WIDGET_CLASSES = {cls.__name__: cls for cls in (QWidget, QLabel, QPushButton, QCheckBox, ctkCollapsibleButton, QProgressBar,
                                                  QSpinBox, QDoubleSpinBox, ctkDoubleSpinBox, QComboBox, qMRMLWidget,
                                                  qMRMLNodeComboBox)}
 LAYOUT_CLASSES = {"QVBoxLayout": QVBoxLayout, "QFormLayout": QFormLayout}
@@ -567,7 +595,7 @@ class QUiLoader:
 
 # ---- modules: qt, ctk, slicer extras, i18n, ScriptedLoadableModule, PyTorchUtils --------------------------------------
 UNMODELLED = {
-    "qt": ("QCheckBox", "QSlider", "QLineEdit", "QTextEdit", "QColor", "QIcon", "QDialog", "QMessageBox"),
+    "qt": ("QSlider", "QLineEdit", "QTextEdit", "QColor", "QIcon", "QDialog", "QMessageBox"),
     "ctk": ("ctkSliderWidget", "ctkRangeWidget", "ctkPathLineEdit", "ctkDirectoryButton", "ctkDoubleSlider",
             "ctkDoubleRangeSlider", "ctkComboBox", "ctkCheckBox", "ctkCheckablePushButton", "ctkColorPickerButton"),
     "slicer": ("qMRMLSliderWidget", "qMRMLSpinBox", "qMRMLRangeWidget", "qSlicerWidget"),
@@ -581,6 +609,8 @@ class _App:
 
     def __init__(self) -> None:
         self.testing = False
+        self.layout_manager = None  # no main window, as in Slicer's batch mode; see open_main_window
+        self.colour_logic = None
 
     def testingEnabled(self) -> bool:
         return self.testing
@@ -601,7 +631,46 @@ class _App:
         return []  # no main window: slicer.util's dialogs only log
 
     def layoutManager(self):
-        return None  # no main window, as in Slicer's batch mode
+        return self.layout_manager
+
+
+class SliceWidget:
+    """qMRMLSliceWidget: its real MRML slice logic (slice node and slice composite node in the scene)."""
+
+    def __init__(self, scene, name: str) -> None:
+        self._logic = slicer.vtkMRMLSliceLogic()
+        self._logic.SetMRMLScene(scene)
+        self._node = self._logic.AddSliceNode(name)
+
+    def sliceLogic(self):
+        return self._logic
+
+    def mrmlSliceNode(self):
+        return self._node
+
+
+class LayoutManager:
+    """qSlicerLayoutManager: the layout in use, and the Red, Yellow and Green slice widgets."""
+
+    def __init__(self, scene) -> None:
+        self.layout = None
+        self._widgets = {name: SliceWidget(scene, name) for name in ("Red", "Yellow", "Green")}
+
+    def setLayout(self, layout: int) -> None:
+        self.layout = layout
+
+    def sliceWidget(self, name: str):
+        return self._widgets.get(name)
+
+
+def open_main_window(scene) -> LayoutManager:
+    """What Slicer's application has at start that slicer-core lacks: colour tables, slice views; returns the layout."""
+    slicer.app.colour_logic = slicer.vtkMRMLColorLogic()  # kept as Slicer keeps it: it removes its colours when freed
+    slicer.app.colour_logic.SetMRMLScene(scene)
+    slicer.app.colour_logic.AddDefaultColorNodes()
+    slicer.vtkMRMLSliceNode.AddDefaultSliceOrientationPresets(scene)
+    slicer.app.layout_manager = LayoutManager(scene)
+    return slicer.app.layout_manager
 
 
 def _module(name: str, **attributes) -> types.ModuleType:

@@ -107,6 +107,18 @@ def test_confidence_node_is_coloured_linked_and_filed_in_the_study():
     scene.Clear(1)
 
 
+def test_a_confidence_node_that_cannot_be_linked_is_not_left_behind():
+    slicer = pytest.importorskip("slicer")
+    from SR4ZCTLib.mrml import add_confidence_node
+
+    scene = slicer.mrmlScene = slicer.vtkMRMLScene()
+    volume = Volume(np.ones((3, 4, 5), np.float32), Volume.matrix_from((0, 0, 0), (1, 1, 1), np.eye(3)))
+    with pytest.raises(AttributeError):
+        add_confidence_node(volume, scene, None)  # no result node to link it to
+    assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == 0
+    scene.Clear(1)
+
+
 def test_result_node_is_filed_in_the_input_study_for_dicom_export():
     """Slicer's DICOM export takes patient and study from the node's parents in the subject hierarchy."""
     slicer = pytest.importorskip("slicer")

@@ -15,6 +15,7 @@ slicer = pytest.importorskip("slicer")
 import slicer.util  # noqa: E402
 
 import slicer_panel_model as model  # noqa: E402
+from SR4ZCTLib.mrml import ijk_to_ras  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not model.SLICER_PYTHON.is_dir(),
                                 reason=f"{model.SLICER_PYTHON} (Slicer's parameterNodeWrapper, shared) not present")
@@ -196,10 +197,16 @@ def start_run(host, iterations: int) -> None:
     assert_clean()
 
 
+def composite(view: str):
+    return slicer.app.layoutManager().sliceWidget(view).sliceLogic().GetSliceCompositeNode()
+
+
 def test_apply_runs_a_job_that_adds_exactly_one_node(SR4ZCT):
     ct = add_volume("CT", (0.7, 0.7, 2.5), slices=6)
     before = slicer.util.arrayFromVolume(ct).copy()
+    layout = model.open_main_window(slicer.mrmlScene)
     host = open_panel(SR4ZCT)
+    assert not host.ui.confidenceCheckBox.checked and not host.widget._parameterNode.confidenceMap
     count = volume_count()
     start_run(host, iterations=3)
     ui = host.ui
@@ -211,13 +218,71 @@ def test_apply_runs_a_job_that_adds_exactly_one_node(SR4ZCT):
     result = host.widget._job.result_node
     assert result.GetName() == "CT SR4ZCT" and result.GetSpacing()[2] == pytest.approx(0.7)
     assert ui.metricsLabel.text.startswith("Held-out validation PSNR") and ui.deviceStatusLabel.text.startswith("CPU")
+    assert "overlay" not in ui.metricsLabel.text and host.widget._job.confidence_node is None
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(ct), before)
+    assert layout.layout == slicer.vtkMRMLLayoutNode.SlicerLayoutSideBySideView
+    assert (composite("Red").GetBackgroundVolumeID(), composite("Yellow").GetBackgroundVolumeID()) == (
+        ct.GetID(), result.GetID())
+    assert composite("Red").GetForegroundVolumeID() is None and composite("Yellow").GetForegroundVolumeID() is None
     assert_clean()
+
+
+def test_apply_with_the_confidence_map_adds_it_over_the_result(SR4ZCT):
+    ct = add_volume("CT", (0.7, 0.7, 2.5), slices=6)
+    model.open_main_window(slicer.mrmlScene)
+    host = open_panel(SR4ZCT)
+    ui = host.ui
+    ui.confidenceCheckBox.click()  # the user ticks it; it stays ticked across leaving the module
+    host.exit()
+    host.enter()
+    assert ui.confidenceCheckBox.checked and host.widget._parameterNode.confidenceMap is True
+    count = volume_count()
+    start_run(host, iterations=3)
+    run_timer_until_done(host)
+    assert ui.statusLabel.text == "Done.", ui.statusLabel.text
+    assert volume_count() == count + 2
+    job = host.widget._job
+    result, confidence = job.result_node, job.confidence_node
+    assert confidence.GetName() == "CT SR4ZCT confidence"
+    assert confidence.GetAttribute("SR4ZCT.confidenceOf") == result.GetID()
+    assert SR4ZCT.SR4ZCTLogic.confidenceNode(result) is confidence
+    assert slicer.util.arrayFromVolume(confidence).shape == slicer.util.arrayFromVolume(result).shape
+    np.testing.assert_allclose(ijk_to_ras(confidence), ijk_to_ras(result), atol=1e-6)
+    assert slicer.util.arrayFromVolume(confidence).min() >= 0 and slicer.util.arrayFromVolume(confidence).max() > 0
+    colour = confidence.GetDisplayNode().GetColorNode()
+    assert colour is not None and colour.GetID() != "vtkMRMLColorTableNodeGrey"
+    red, yellow = composite("Red"), composite("Yellow")
+    assert (red.GetBackgroundVolumeID(), red.GetForegroundVolumeID()) == (ct.GetID(), None)
+    assert (yellow.GetBackgroundVolumeID(), yellow.GetForegroundVolumeID()) == (result.GetID(), confidence.GetID())
+    assert yellow.GetForegroundOpacity() == pytest.approx(0.4)
+    assert ui.metricsLabel.text.startswith("Held-out validation PSNR")
+    assert "HU of disagreement" in ui.metricsLabel.text and "less sure" in ui.metricsLabel.text
+    assert_clean()
+
+
+def test_a_rerun_into_the_same_output_shows_its_latest_confidence_map(SR4ZCT):
+    from SR4ZCTLib.mrml import add_confidence_node, volume_from_node
+    from SR4ZCTLib.volume import Volume
+
+    ct, result = add_volume("CT"), add_volume("CT SR4ZCT")
+    model.open_main_window(slicer.mrmlScene)
+    logic = SR4ZCT.SR4ZCTLogic()
+    assert logic.confidenceNode(result) is None and logic.describeConfidence(None) == ""
+    grid = volume_from_node(result)
+    first, latest = (add_confidence_node(Volume(np.full(grid.array.shape, value, np.float32), grid.ijk_to_world),
+                                         slicer.mrmlScene, result) for value in (5.0, 30.0))
+    assert logic.confidenceNode(result) is latest and first is not latest
+    logic.showSideBySide(ct, result, logic.confidenceNode(result))
+    assert composite("Yellow").GetForegroundVolumeID() == latest.GetID()
+    assert composite("Yellow").GetForegroundOpacity() == pytest.approx(0.4)
+    assert logic.describeConfidence(latest).startswith("Colour overlay on the result")
+    assert "0-30 HU of disagreement" in logic.describeConfidence(latest)
 
 
 def test_cancel_ends_the_job_and_adds_nothing(SR4ZCT):
     add_volume("CT", (0.7, 0.7, 2.5), slices=6)
     host = open_panel(SR4ZCT)
+    host.ui.confidenceCheckBox.checked = True
     count = volume_count()
     start_run(host, iterations=100000)
     job = host.widget._job
@@ -230,6 +295,7 @@ def test_cancel_ends_the_job_and_adds_nothing(SR4ZCT):
     run_timer_until_done(host, timeout=30)
     assert host.ui.statusLabel.text == "Cancelled: nothing was added."
     assert host.ui.applyButton.text == "Apply" and volume_count() == count
+    assert host.widget._job.confidence_node is None and host.widget._job.result_node is None
     assert_clean()
 
 

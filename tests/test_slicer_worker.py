@@ -88,6 +88,38 @@ def test_the_worker_enhances_along_the_axis_the_panel_showed(scene):
     assert slicer.util.arrayFromVolume(result).shape == (11, 24, 12)
 
 
+def test_confidence_map_comes_as_a_second_node_on_the_results_grid(scene):
+    # Into an output node the user chose: the confidence map is a new node linked to it.
+    node = ct_node(scene)
+    chosen = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "my result")
+    count = scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")
+    job = EnhanceJob(node, EnhanceRequest(thickness_mm=2.5, iterations=2, device="cpu", confidence=True),
+                     sys.executable, output_node=chosen, output_name="CT SR4ZCT")
+    result = job.start().wait(timeout=300)
+    assert result is chosen and scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == count + 1
+    confidence = job.confidence_node
+    assert confidence.GetName() == "CT SR4ZCT confidence" and confidence.GetAttribute("SR4ZCT.confidenceOf") == chosen.GetID()
+    assert slicer.util.arrayFromVolume(confidence).shape == slicer.util.arrayFromVolume(chosen).shape
+    np.testing.assert_allclose(ijk_to_ras(confidence), ijk_to_ras(chosen), atol=1e-6)
+    assert float(slicer.util.arrayFromVolume(confidence).max()) > 0.0
+
+
+@pytest.mark.parametrize("confidence_script", [
+    "head -c 300 input.nrrd > confidence.nrrd",  # cut short
+    "true",  # never written
+    f"{sys.executable} -c \"import SimpleITK as s; s.WriteImage(s.ReadImage('input.nrrd')[:, :, :3], 'confidence.nrrd')\"",
+], ids=["truncated", "missing", "another-grid"])
+def test_a_bad_confidence_map_adds_neither_node(scene, tmp_path, confidence_script):
+    node = ct_node(scene)
+    count = scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")
+    python = fake_worker(tmp_path, f"cp input.nrrd output.nrrd && {confidence_script}\nexit 0")  # a good result
+    job = EnhanceJob(node, EnhanceRequest(thickness_mm=2.5, confidence=True), python).start()
+    with pytest.raises(InputError, match="confidence map"):
+        job.wait(timeout=30)
+    assert job.state == JobState.FAILED and job.result_node is None and job.confidence_node is None
+    assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == count
+
+
 def test_a_closed_dicom_database_is_never_queried():
     database = DicomDatabase({"1.2.3": "3.0"}, is_open=False)
     slicer.dicomDatabase = database

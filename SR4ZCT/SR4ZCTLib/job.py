@@ -3,7 +3,8 @@
 The input node is written to a private temporary folder, `python -m SR4ZCTLib.cli enhance
 --progress json` runs there, a reader thread queues its output lines, and `poll()` (called by a
 Qt timer in Slicer, or in a loop by `wait()`) turns them into progress reports. Cancel kills the
-whole process tree. Only a completed run adds a node; the temporary folder is always removed.
+whole process tree. Only a completed run adds nodes (the result and, when asked, its confidence map);
+the temporary folder is always removed.
 No Qt here, so the same code runs under slicer-core in the tests.
 """
 
@@ -24,15 +25,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
+import numpy as np
+
 from .errors import Cancelled, InputError
 from .intensity import check_intensities
 from .memory import check_memory, estimate_memory_bytes
-from .mrml import DicomValueLookup, lps_to_ras, node_from_volume, volume_from_node, write_node
+from .mrml import DicomValueLookup, add_confidence_node, lps_to_ras, node_from_volume, volume_from_node, write_node
 from .progress import Progress
 from .volume import AXIS_NAMES, read_through_plane_geometry
 from .volume_io import read_volume
 
 LIBRARY_PARENT = str(Path(__file__).resolve().parent.parent)  # the folder holding SR4ZCTLib
+CONFIDENCE_FILE = "confidence.nrrd"  # in the job's temporary folder
 
 
 class JobState(enum.Enum):
@@ -63,6 +67,7 @@ class EnhanceRequest:
     force: bool = False  # run even when the memory estimate exceeds what is free
     model_path: Optional[str] = None
     save_model_path: Optional[str] = None
+    confidence: bool = False  # also import the coronal/sagittal disagreement map as a second node
 
     def arguments(self, thickness_mm: float, increment_mm: float) -> list[str]:
         args = ["--thickness", repr(float(thickness_mm)), "--increment", repr(float(increment_mm)),
@@ -122,6 +127,7 @@ class EnhanceJob:
         self.error: Optional[str] = None
         self.metrics: dict = {}
         self.result_node = None
+        self.confidence_node = None
         self.last_progress: Optional[Progress] = None
         self.started_at: Optional[float] = None
         self.stage_started_at: dict[str, float] = {}
@@ -154,6 +160,8 @@ class EnhanceJob:
             command = [self.python, "-m", "SR4ZCTLib.cli", "enhance", str(source), "-o", str(self._folder / "output.nrrd"),
                        "--progress", "json", "--axis", AXIS_NAMES[geometry.axis],  # the panel's axis, not a re-guess
                        *self.request.arguments(geometry.acquisition.thickness_mm, geometry.acquisition.increment_mm)]
+            if self.request.confidence:
+                command += ["--confidence", str(self._folder / CONFIDENCE_FILE)]
             environment = dict(os.environ)
             environment["PYTHONPATH"] = os.pathsep.join(filter(None, [LIBRARY_PARENT, environment.get("PYTHONPATH")]))
             environment["PYTHONUNBUFFERED"] = "1"
@@ -267,15 +275,40 @@ class EnhanceJob:
                 return
             self.state = JobState.IMPORT_RESULTS
             result = lps_to_ras(read_volume(self._folder / "output.nrrd"))
+            confidence = self._read_confidence(result) if self.request.confidence else None
             scene = self.input_node.GetScene()
             self.result_node = node_from_volume(result, scene, self.output_name, reference=self.input_node,
                                                 output_node=self.output_node)
+            if confidence is not None:
+                self._add_confidence_node(confidence, scene)
             self.state = JobState.COMPLETED
         except Exception as error:  # importing failed: report it, leave no node
             self.state = JobState.FAILED
             self.error = f"importing the result failed: {error}"
         finally:
             self._remove_folder()
+
+    def _read_confidence(self, result):
+        """The worker's confidence map, checked to lie on the result's grid (read before the scene is touched)."""
+        try:
+            confidence = lps_to_ras(read_volume(self._folder / CONFIDENCE_FILE))
+        except Exception as error:
+            raise InputError(f"the confidence map could not be read: {error}") from error
+        if confidence.array.shape != result.array.shape or not np.allclose(confidence.ijk_to_world,
+                                                                            result.ijk_to_world, atol=1e-4):
+            raise InputError("the confidence map does not lie on the result's grid")
+        return confidence
+
+    def _add_confidence_node(self, confidence, scene) -> None:
+        """The confidence node beside the result; if that fails, a result node made here goes too."""
+        try:
+            self.confidence_node = add_confidence_node(confidence, scene, self.result_node,
+                                                       name=f"{self.output_name} confidence")
+        except BaseException:
+            if self.output_node is None:
+                scene.RemoveNode(self.result_node)
+            self.result_node = None
+            raise
 
     def _remove_folder(self) -> None:
         if self._folder is not None:

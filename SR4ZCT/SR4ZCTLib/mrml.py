@@ -145,16 +145,20 @@ CONFIDENCE_COLOURS = ("vtkMRMLColorTableNodeFileInferno.txt", "vtkMRMLPETProcedu
 def add_confidence_node(volume: Volume, scene, result_node, name: str = "SR4ZCT confidence"):
     """The disagreement map (HU, RAS Volume) as a colour-mapped node linked to the result; returns the node."""
     node = node_from_volume(volume, scene, name)
-    node.SetAttribute("SR4ZCT.confidenceOf", result_node.GetID())
-    display = node.GetDisplayNode()
-    colour = next((scene.GetNodeByID(i) for i in CONFIDENCE_COLOURS if scene.GetNodeByID(i) is not None), None)
-    if display is not None:
-        if colour is not None:
-            display.SetAndObserveColorNodeID(colour.GetID())
-        top = max(float(np.percentile(volume.array, 99.5)), 1.0)
-        display.SetAutoWindowLevel(False)
-        display.SetWindowLevelMinMax(0.0, top)
-    place_beside(node, result_node)
+    try:
+        node.SetAttribute("SR4ZCT.confidenceOf", result_node.GetID())
+        display = node.GetDisplayNode()
+        colour = next((scene.GetNodeByID(i) for i in CONFIDENCE_COLOURS if scene.GetNodeByID(i) is not None), None)
+        if display is not None:
+            if colour is not None:
+                display.SetAndObserveColorNodeID(colour.GetID())
+            top = max(float(np.percentile(volume.array, 99.5)), 1.0)
+            display.SetAutoWindowLevel(False)
+            display.SetWindowLevelMinMax(0.0, top)
+        place_beside(node, result_node)
+    except BaseException:  # leave no half-made node behind
+        scene.RemoveNode(node)
+        raise
     return node
 
 
