@@ -25,6 +25,8 @@ from slicer.parameterNodeWrapper import (
 
 from slicer import vtkMRMLScalarVolumeNode
 
+from SR4ZCTLib.limits import RANGES  # standard library only: safe before the requirements are installed
+
 
 #
 # SR4ZCT
@@ -57,7 +59,7 @@ Sample data: Lung-PET-CT-Dx (TCIA, CC BY 4.0).
 # SR4ZCTParameterNode
 #
 
-THICKNESS_RANGE_MM = (0.01, 50.0)  # thickness and increment fields; values read from a volume are clamped to it
+THICKNESS_RANGE_MM = RANGES["thickness"]  # the engine's range; a DICOM thickness outside it is clamped, with a note
 MINIMUM_TORCH_VERSION = "2.1"
 CONFIDENCE_OPACITY = 0.4  # the confidence map over the result: the anatomy stays readable beneath it
 
@@ -486,29 +488,34 @@ class SR4ZCTLogic(ScriptedLoadableModuleLogic):
 
     # -- geometry ------------------------------------------------------------------------------------------------
     def readAcquisition(self, inputVolume):
-        """In-plane spacing, increment, thickness (DICOM SliceThickness when loaded from DICOM), their sources;
-        values outside the panel's range are clamped, with a warning. A volume that cannot be used: the reason (str).
-        """
-        from SR4ZCTLib.mrml import node_geometry, slicer_dicom_lookup
+        """In-plane spacing, increment, thickness (DICOM SliceThickness when loaded from DICOM), their sources.
 
+        A DICOM thickness outside the engine's range is clamped, with a note; a volume that cannot be used (e.g. a
+        slice spacing outside that range): the reason (str).
+        """
+        from SR4ZCTLib.mrml import dicom_slice_thickness, node_geometry, slicer_dicom_lookup
+
+        low, high = THICKNESS_RANGE_MM
+        lookup = slicer_dicom_lookup()
+        notes = []
+        dicomThickness = dicom_slice_thickness(inputVolume, lookup) if inputVolume else None
+        thickness = None
+        if dicomThickness is not None and not low <= dicomThickness <= high:
+            thickness = min(max(dicomThickness, low), high)
+            notes.append(_("DICOM thickness {value:g} mm is outside {low:g}-{high:g} mm: set to {clamped:g} mm; "
+                           "check it").format(value=dicomThickness, low=low, high=high, clamped=thickness))
         try:
-            geometry, warnings = node_geometry(inputVolume, lookup=slicer_dicom_lookup())
+            geometry, warnings = node_geometry(inputVolume, thickness_mm=thickness, lookup=lookup)
         except Exception as error:  # shown in the panel, not raised: the user may pick another volume
             return str(error)
         acquisition = {
             "in_plane_spacing_mm": geometry.in_plane_spacing_mm,
-            "thickness_source": geometry.thickness_source,
+            "thickness_mm": geometry.acquisition.thickness_mm,
+            "increment_mm": geometry.acquisition.increment_mm,
+            "thickness_source": "dicom" if thickness is not None else geometry.thickness_source,
             "increment_source": geometry.increment_source,
-            "warnings": list(warnings),
+            "warnings": list(warnings) + notes,
         }
-        low, high = THICKNESS_RANGE_MM
-        for name, value in (("thickness", geometry.acquisition.thickness_mm),
-                            ("increment", geometry.acquisition.increment_mm)):
-            acquisition[f"{name}_mm"] = min(max(value, low), high)
-            if acquisition[f"{name}_mm"] != value:
-                acquisition["warnings"].append(_("{name} {value:g} mm is outside {low:g}-{high:g} mm: set to {clamped:g} mm; "
-                                                 "check it").format(name=name, value=value, low=low, high=high,
-                                                                    clamped=acquisition[f"{name}_mm"]))
         return acquisition
 
     # -- processing ----------------------------------------------------------------------------------------------

@@ -157,15 +157,18 @@ def test_users_thickness_survives_exit_enter_and_a_saved_scene(SR4ZCT, tmp_path)
 
 def test_values_outside_the_fields_range_are_clamped_and_shown(SR4ZCT, capfd):
     slicer.dicomDatabase = model.DicomDatabase({"9.9": "80.0"})
-    huge = add_volume("huge", (0.7, 0.7, 60.0), dicom_uid="9.9")
+    thick = add_volume("thick", (0.7, 0.7, 5.0), dicom_uid="9.9")
+    huge = add_volume("huge", (0.7, 0.7, 60.0))
     flat = add_volume("one slice", slices=1)
     host = open_panel(SR4ZCT)
     ui, parameters = host.ui, host.widget._parameterNode
-    ui.inputSelector.setCurrentNode(huge)
-    assert parameters.inputVolume is huge
-    assert (parameters.thicknessMm, parameters.incrementMm) == (50.0, 50.0)
-    assert "thickness 80 mm is outside 0.01-50 mm: set to 50 mm" in ui.sourcesLabel.text
-    assert "increment 60 mm is outside" in ui.sourcesLabel.text
+    ui.inputSelector.setCurrentNode(thick)
+    assert parameters.inputVolume is thick
+    assert (parameters.thicknessMm, parameters.incrementMm) == (50.0, 5.0)
+    assert "DICOM thickness 80 mm is outside 0.1-50 mm: set to 50 mm" in ui.sourcesLabel.text
+    ui.inputSelector.setCurrentNode(huge)  # a slice spacing the engine cannot use: said, not raised
+    assert parameters.inputVolume is huge and ui.sourcesLabel.text.startswith("Cannot use this volume")
+    assert "60 mm is outside 0.1..50 mm" in ui.sourcesLabel.text
     ui.inputSelector.setCurrentNode(flat)
     assert parameters.inputVolume is flat and ui.sourcesLabel.text.startswith("Cannot use this volume")
     assert_clean()

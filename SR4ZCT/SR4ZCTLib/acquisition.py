@@ -7,7 +7,7 @@ import warnings
 from dataclasses import dataclass
 
 from .errors import InputError
-from .limits import check_range
+from .limits import RANGES
 
 PROFILES = ("box", "gaussian")
 
@@ -33,7 +33,10 @@ class Acquisition:
                     f"slice {name} must be positive, got {float(value):g} mm; "
                     f"check --{name} (an overlap at least as large as the thickness implies a zero or negative increment)"
                 )
-            check_range(name, float(value))
+            low, high = RANGES[name]
+            if not low <= float(value) <= high:
+                raise InputError(f"slice {name} {float(value):g} mm is outside {low:g}..{high:g} mm; check the "
+                                 f"DICOM header, the volume's slice spacing, or --{name}")
         if self.profile not in PROFILES:
             raise InputError(f"unknown slice profile {self.profile!r}; choose one of {', '.join(PROFILES)}")
 
