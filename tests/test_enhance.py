@@ -86,7 +86,7 @@ def test_views_agree_so_z_is_oriented_as_in_training(phantom_case, trained):
     geometry, first = trained
     scores = {}
     for view in ("coronal", "sagittal"):
-        result = enhance(volume, geometry, EnhanceOptions(device="cpu", views=(view,), consistency_iterations=0),
+        result = enhance(volume, geometry, EnhanceOptions(device="cpu", views=(view,), consistency=False),
                          model=first.model)
         scores[view] = psnr(result.volume.array[4:-4, 4:-4, 4:-4], truth[4:-4, 4:-4, 4:-4])
     assert abs(scores["coronal"] - scores["sagittal"]) < 1.0, scores

@@ -40,6 +40,19 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _consistency_lambda(text: str) -> float:
+    from .forward import CONSISTENCY_LAMBDA_RANGE
+
+    low, high = CONSISTENCY_LAMBDA_RANGE
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"{text!r} is outside {low:g} to {high:g}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="sr4zct", description="Self-supervised through-plane resolution enhancement for thick-slice CT.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -87,11 +100,17 @@ def _add_acquisition_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    from .forward import CONSISTENCY_LAMBDA, CONSISTENCY_LAMBDA_RANGE
+
     parser.add_argument("--preset", choices=("fast", "paper"), default="fast")
     parser.add_argument("--iterations", type=int, help="training iterations (overrides the preset)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--consistency", type=int, help="consistency steps after the network (default: the preset's)")
+    parser.add_argument("--consistency", choices=("on", "off"),
+                        help="project the output onto the measured slices (default: the preset's: fast on, paper off)")
+    parser.add_argument("--consistency-lambda", type=_consistency_lambda, default=CONSISTENCY_LAMBDA, metavar="L",
+                        help=f"the projection's relative regularisation, {CONSISTENCY_LAMBDA_RANGE[0]:g} to "
+                             f"{CONSISTENCY_LAMBDA_RANGE[1]:g}; smaller fits the slices closer (default {CONSISTENCY_LAMBDA:g})")
     parser.add_argument("--allow-non-hu", action="store_true", help="enhance volumes that are not CT in HU")
     parser.add_argument("--force", action="store_true", help="run even when the memory estimate exceeds what is free")
     parser.add_argument("--progress", choices=("bar", "json", "none"), default="bar",
@@ -155,7 +174,8 @@ def _run_options(args):
     from .enhance import EnhanceOptions
 
     return EnhanceOptions(preset=args.preset, iterations=args.iterations, device=args.device, seed=args.seed,
-                          consistency_iterations=args.consistency, allow_non_hu=args.allow_non_hu, force=args.force,
+                          consistency=None if args.consistency is None else args.consistency == "on",
+                          consistency_lambda=args.consistency_lambda, allow_non_hu=args.allow_non_hu, force=args.force,
                           target_spacing_mm=getattr(args, "target_spacing", None))
 
 

@@ -13,6 +13,7 @@ import torch
 from .acquisition import Acquisition
 from .device import resolve_device
 from .errors import InputError
+from .forward import CONSISTENCY_LAMBDA, CONSISTENCY_LAMBDA_RANGE
 from .inference import VIEWS, enhance_stack, resample_along_axis0
 from .intensity import Normalisation, check_intensities
 from .memory import check_memory, estimate_memory_bytes
@@ -28,7 +29,7 @@ ACQUISITION_MATCH_MM = 0.05  # a saved model is reused only for an acquisition t
 
 @dataclass
 class EnhanceOptions:
-    """What to run. Defaults: the `fast` preset, both views fused, the preset's consistency steps."""
+    """What to run. Defaults: the `fast` preset, both views fused, the preset's consistency projection."""
 
     preset: str = "fast"
     iterations: Optional[int] = None
@@ -36,7 +37,8 @@ class EnhanceOptions:
     device: str = "auto"
     seed: int = 0
     views: Sequence[str] = VIEWS
-    consistency_iterations: Optional[int] = None  # default: the preset's
+    consistency: Optional[bool] = None  # project onto the measured slices; default: the preset's
+    consistency_lambda: float = CONSISTENCY_LAMBDA  # the projection's relative regularisation
     allow_non_hu: bool = False
     force: bool = False  # skip the memory check
     batch_size: Optional[int] = None
@@ -134,6 +136,10 @@ def enhance(
     unknown_views = set(options.views) - set(VIEWS)
     if unknown_views:
         raise InputError(f"unknown view(s) {sorted(unknown_views)}; choose from {', '.join(VIEWS)}")
+    low, high = CONSISTENCY_LAMBDA_RANGE
+    if not low <= float(options.consistency_lambda) <= high:  # also refuses NaN
+        raise InputError(f"consistency lambda must be between {low:g} and {high:g}, got {options.consistency_lambda}; "
+                         f"the default {CONSISTENCY_LAMBDA:g} was measured (docs/benchmarks.md)")
     array_axis = geometry.array_axis
     check_memory(estimate_memory_bytes(volume.array.shape, array_axis, acquisition.increment_mm, grid_spacing, target,
                                        config.phases), options.force)
@@ -156,11 +162,12 @@ def enhance(
         model = TrainedModel(result.network, config.architecture, dict(config.network_options), acquisition,
                              grid_spacing, normalisation, result.metrics)
         timings["training_s"] = result.metrics["training_seconds"] + result.metrics["pair_setup_seconds"]
-    consistency = config.consistency_iterations if options.consistency_iterations is None else options.consistency_iterations
+    consistency = config.consistency if options.consistency is None else bool(options.consistency)
     inference_started = time.perf_counter()
     enhanced = enhance_stack(
         stack, acquisition, grid_spacing, model.network, normalisation.forward, normalisation.inverse, device,
-        views=tuple(options.views), consistency_iterations=int(consistency), batch_size=options.batch_size,
+        views=tuple(options.views), consistency_lambda=options.consistency_lambda if consistency else None,
+        batch_size=options.batch_size,
         reporter=reporter,
     )
     if abs(target - grid_spacing) > 1e-9:
@@ -182,7 +189,8 @@ def enhance(
         "increment_source": geometry.increment_source,
         "target_spacing_mm": target,
         "views": list(options.views),
-        "consistency_iterations": int(consistency),
+        "consistency": "on" if consistency else "off",
+        "consistency_lambda": float(options.consistency_lambda) if consistency else None,
         "input_shape": list(volume.array.shape),
         "output_shape": list(output.array.shape),
         "timings": timings,
@@ -209,14 +217,14 @@ def to_output_type(values: torch.Tensor, input_dtype: np.dtype) -> np.ndarray:
 
 
 def linear_baseline(volume: Volume, geometry: ThroughPlaneGeometry, target_spacing_mm: Optional[float] = None,
-                    consistency_iterations: int = 0) -> Volume:
-    """Plain linear interpolation onto the output grid (optionally with consistency steps): the reference."""
+                    consistency_lambda: Optional[float] = None) -> Volume:
+    """Plain linear interpolation onto the output grid (optionally projected onto consistency): the reference."""
     grid_spacing = min(geometry.in_plane_spacing_mm)
     target = float(target_spacing_mm or grid_spacing)
     stack = np.moveaxis(volume.array, geometry.array_axis, 0)
     identity = Normalisation(offset=0.0, scale=1.0, kind="identity")
     values = enhance_stack(stack, geometry.acquisition, target, None, identity.forward, identity.inverse,
-                           torch.device("cpu"), consistency_iterations=consistency_iterations)
+                           torch.device("cpu"), consistency_lambda=consistency_lambda)
     return Volume(np.ascontiguousarray(np.moveaxis(to_output_type(values, volume.array.dtype), 0, geometry.array_axis)),
                   enhanced_matrix(volume, geometry.axis, target), source=volume.source)
 

@@ -41,7 +41,7 @@ class TrainingConfig:
     epochs: Optional[int] = None
     phases: int = 32
     validations: int = 10
-    consistency_iterations: int = 1
+    consistency: bool = True  # project the output onto the measured slices
 
     def with_iterations(self, iterations: Optional[int]) -> "TrainingConfig":
         if iterations is None:
@@ -61,7 +61,7 @@ PRESETS: dict[str, TrainingConfig] = {
     # The paper: MS-D 100 layers, width 1, dilations 1..10, full images, 200 epochs, Adam 1e-3, L2.
     "paper": TrainingConfig(
         architecture="msd", network_options={"depth": 100, "width": 1, "max_dilation": 10}, iterations=0,
-        batch_size=1, patch_size=None, learning_rate=1e-3, cosine_decay=False, epochs=200, consistency_iterations=0,
+        batch_size=1, patch_size=None, learning_rate=1e-3, cosine_decay=False, epochs=200, consistency=False,
     ),
 }
 
