@@ -59,14 +59,17 @@ def test_enhance_beats_linear_interpolation_against_the_truth(phantom_case, trai
 
 
 def test_output_geometry_keeps_origin_directions_and_in_plane_grid(phantom_case):
-    _, volume = phantom_case
+    """In-plane 0.6 mm does not divide the 40 mm from first to last centre, 0.8 mm does: the output reaches the last centre."""
+    _, thick = phantom_case
+    volume = Volume(thick.array, oblique_matrix(spacing=(0.6, 0.6, ACQUISITION.increment_mm)))
     matrix_before = volume.ijk_to_world.copy()
-    _, result = _run(volume, iterations=2, target_spacing_mm=0.8)
+    geometry, result = _run(volume, iterations=2, target_spacing_mm=0.8)
     out = result.volume
     np.testing.assert_allclose(out.origin, volume.origin, atol=1e-9)
     np.testing.assert_allclose(out.directions, volume.directions, atol=1e-9)
-    np.testing.assert_allclose(out.spacing, [SPACING, SPACING, 0.8], atol=1e-9)
-    assert out.array.shape == (int((volume.array.shape[0] - 1) * 1.25 / 0.8) + 1, 64, 64)
+    np.testing.assert_allclose(out.spacing, [0.6, 0.6, 0.8], atol=1e-9)
+    assert out.array.shape == ((volume.array.shape[0] - 1) * 1.25 / 0.8 + 1, 64, 64)  # 51: 0, 0.8, ..., 40 mm
+    assert linear_baseline(volume, geometry, 0.8).array.shape == out.array.shape
     assert out.array.dtype == np.int16
     np.testing.assert_array_equal(volume.ijk_to_world, matrix_before)
 

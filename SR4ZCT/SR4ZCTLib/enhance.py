@@ -16,7 +16,7 @@ from .errors import InputError
 from .forward import CONSISTENCY_LAMBDA, CONSISTENCY_LAMBDA_RANGE
 from .inference import VIEWS, enhance_stack, resample_along_axis0
 from .intensity import Normalisation, check_intensities
-from .memory import check_memory, estimate_memory_bytes
+from .memory import check_memory, estimate_memory_bytes, fine_grid_size
 from .networks import build_network
 from .progress import Reporter
 from .training import PRESETS, preset, train_network
@@ -171,7 +171,8 @@ def enhance(
         reporter=reporter,
     )
     if abs(target - grid_spacing) > 1e-9:
-        enhanced = resample_along_axis0(enhanced, grid_spacing, target)
+        enhanced = resample_along_axis0(enhanced, grid_spacing, target,
+                                        fine_grid_size(stack.shape[0], acquisition.increment_mm, target))
     timings["inference_s"] = time.perf_counter() - inference_started
     output_array = to_output_type(enhanced, volume.array.dtype)
     del enhanced

@@ -144,10 +144,13 @@ def project_onto_measurements(
             reporter.step("consistency", min(1.0, (start + rows_per_chunk) / rows), "consistency projection")
 
 
-def resample_along_axis0(stack: torch.Tensor, from_spacing_mm: float, to_spacing_mm: float) -> torch.Tensor:
-    """Linear resampling of axis 0 from one uniform spacing to another (same first sample)."""
+def resample_along_axis0(stack: torch.Tensor, from_spacing_mm: float, to_spacing_mm: float, n_out: int) -> torch.Tensor:
+    """Linear resampling of axis 0 from one uniform spacing to another (same first sample), n_out samples.
+
+    The input grid may stop up to one sample short of the last slice centre that n_out reaches:
+    that last bit is read by reflection about the last sample (less than one input sample away).
+    """
     n_in = stack.shape[0]
-    n_out = fine_grid_size(n_in, from_spacing_mm, to_spacing_mm)
     matrix = torch.from_numpy(linear_interpolation_matrix(np.arange(n_out) * to_spacing_mm / from_spacing_mm, n_in)).float()
     result = torch.empty((n_out,) + tuple(stack.shape[1:]), dtype=stack.dtype)
     for start in range(0, stack.shape[1], 32):
