@@ -26,8 +26,9 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 from scipy.special import ndtr
 
-from common import (EXTRA_SETTINGS, PAPER_SETTINGS, VHM, Acquisition, Truth, consistency, interpolate, machine, score,
-                    table)
+from common import (EXTRA_SETTINGS, PAPER_SETTINGS, SOFT_TISSUE_WINDOW_HU, VHM, Acquisition, Truth, central,
+                    consistency, interpolate, machine, score, table)
+from SR4ZCTLib.intensity import psnr
 from SR4ZCTLib.enhance import EnhanceOptions, enhance
 from SR4ZCTLib.forward import CONSISTENCY_LAMBDA, FWHM_TO_SIGMA, thick_sampling_matrix
 from SR4ZCTLib.phantom import make_phantom
@@ -103,6 +104,13 @@ def sr4zct(thick: np.ndarray, spacing: float, acquisition: Acquisition, iteratio
     return shipped, total_s, plain.volume.array.astype(np.float32)
 
 
+def psnr_only(estimate: np.ndarray, truth: Truth, acquisition: Acquisition) -> dict:
+    """score() without SSIM (NaN), for the many rows of the lambda scan."""
+    region = central(estimate, truth, acquisition)
+    a, b = estimate[region], truth.volume[: estimate.shape[0]][region]
+    return {"psnr": psnr(a, b), "psnr_soft": psnr(a, b, SOFT_TISSUE_WINDOW_HU), "ssim_cor": math.nan, "ssim_sag": math.nan}
+
+
 def parse_settings(text: str):
     if text == "all":
         return PAPER_SETTINGS + EXTRA_SETTINGS
@@ -123,6 +131,7 @@ def main() -> None:
     print(f"machine: {machine()}; projection lambda {CONSISTENCY_LAMBDA:g} (forward.CONSISTENCY_LAMBDA)\n", flush=True)
     volume, spacing, label = finest_truth(args.truth)
     lambdas = LAMBDAS if args.tune else (CONSISTENCY_LAMBDA,)
+    measure = psnr_only if args.tune else score
     results = []
     for thickness, increment in parse_settings(args.settings):
         acquisition = Acquisition(thickness, increment)
@@ -132,11 +141,11 @@ def main() -> None:
             for method in args.methods.split(","):
                 estimate = interpolate(thick, acquisition, spacing, method)
                 truth = Truth(label, volume[first:first + estimate.shape[0]], spacing)
-                rows.append((method, score(estimate, truth, acquisition), 0.0, 0.0))
+                rows.append((method, measure(estimate, truth, acquisition), 0.0, 0.0))
                 for lam in lambdas:
                     started = time.perf_counter()
                     projected = consistency(estimate, thick, acquisition, spacing, lam)
-                    rows.append((f"{method} + projection (lambda {lam:g})", score(projected, truth, acquisition), 0.0,
+                    rows.append((f"{method} + projection (lambda {lam:g})", measure(projected, truth, acquisition), 0.0,
                                  time.perf_counter() - started))
             if args.train:
                 shipped, total_s, plain = sr4zct(thick, spacing, acquisition, args.iterations)
@@ -147,7 +156,7 @@ def main() -> None:
                 rows.append(("SR4ZCT same model, projection off", score(plain, truth, acquisition), train_s, infer_s))
                 for lam in (lambdas if args.tune else ()):
                     rows.append((f"SR4ZCT unprojected + projection (lambda {lam:g})",
-                                 score(consistency(plain, thick, acquisition, spacing, lam), truth, acquisition),
+                                 measure(consistency(plain, thick, acquisition, spacing, lam), truth, acquisition),
                                  train_s, infer_s))
                 extra = {"enhance_s": total_s, "validation": shipped.metrics["training"].get("validation_psnr_db")}
             title = (f"{label}, {case} slices, thickness {thickness:g} mm every {increment:g} mm "

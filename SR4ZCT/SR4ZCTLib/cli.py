@@ -82,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--thickness", type=_positive_float, required=True, help="slice thickness (FWHM) in mm")
     simulate.add_argument("--increment", type=_positive_float, required=True, help="slice increment in mm")
     simulate.add_argument("--profile", choices=PROFILES, default="box")
+    simulate.add_argument("--axis", choices=("i", "j", "k"),
+                          help="axis to make thick (default: the DICOM stacking axis, else k)")
     simulate.add_argument("--overwrite", action="store_true")
     simulate.add_argument("--progress", choices=("bar", "json", "none"), default="bar")
     simulate.set_defaults(handler=_simulate)
@@ -230,7 +232,7 @@ def _print_summary(metrics: dict, output: Path) -> None:
     training = metrics.get("training", {})
     line = f"wrote {output} ({' x '.join(map(str, metrics['output_shape']))})"
     if "validation_psnr_db" in training:
-        line += (f"; held-out validation PSNR {training['validation_psnr_db']:.2f} dB, "
+        line += (f"; held-out in-plane stand-in PSNR {training['validation_psnr_db']:.2f} dB, "
                  f"linear interpolation {training['validation_linear_psnr_db']:.2f} dB")
     timings = metrics["timings"]
     line += f"; {timings['total_s']:.0f} s on {metrics['device']}"
@@ -255,7 +257,7 @@ def _enhance(args) -> int:
 def _simulate(args) -> int:
     from .enhance import to_output_type
     from .forward import simulate_thick_slices
-    from .volume import Volume, check_orthogonal, check_volume_shape, through_plane_axis
+    from .volume import AXIS_NAMES, Volume, check_orthogonal, check_volume_shape
     from .volume_io import check_output_path, read_volume, write_volume
 
     output = check_output_path(args.output, [args.input], args.overwrite)
@@ -263,7 +265,7 @@ def _simulate(args) -> int:
     volume = read_volume(args.input)
     check_volume_shape(volume.array)
     check_orthogonal(volume)
-    axis, _ = through_plane_axis(volume)
+    axis = AXIS_NAMES.index(args.axis) if args.axis else (volume.slice_axis if volume.slice_axis is not None else 2)
     spacing = float(volume.spacing[axis])
     if args.increment < spacing:
         raise InputError(f"increment {args.increment:g} mm is finer than the input's slice spacing {spacing:g} mm; "
