@@ -8,6 +8,7 @@ import torch
 
 from SR4ZCTLib import Acquisition
 from SR4ZCTLib.intensity import Normalisation
+from SR4ZCTLib.networks import build_network
 from SR4ZCTLib.training import PairSampler, preset, split_validation_slab, train_network, training_views
 
 
@@ -69,3 +70,15 @@ def test_training_that_learns_nothing_warns():
                                Normalisation(offset=0.0, scale=1.0, kind="identity"), torch.device("cpu"))
     assert result.metrics["best_iteration"] == 0
     assert result.metrics["validation_task"].startswith("in-plane stand-in")
+
+
+@pytest.mark.parametrize("architecture,options", [("msd", {"depth": 6}), ("cnn", {"depth": 3, "width": 4})])
+def test_half_precision_autocast_keeps_the_output_layer_in_float32(architecture, options):
+    """The guard behind inference's CUDA fp16 autocast, checked with CPU bfloat16 autocast (no GPU here): both
+    networks start as the identity, and their output in HU stays exact instead of rounding to 8 mantissa bits."""
+    network = build_network(architecture, options).eval()
+    image = torch.linspace(-1.024, 3.071, 64 * 64).reshape(1, 1, 64, 64)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        result = network(image)
+    assert result.dtype == torch.float32
+    assert float((result - image).abs().max()) * 1000.0 < 1.0  # within 1 HU (network units are HU / 1000)
