@@ -60,7 +60,7 @@ def blurred_box_sigma(thickness: float, box_fraction: float = 0.8) -> float:
     low, high = 1e-6, thickness
     for _ in range(100):
         middle = 0.5 * (low + high)
-        low, high = (middle, high) if half_max_gap(middle) > 0 else (low, middle)
+        low, high = (low, middle) if half_max_gap(middle) > 0 else (middle, high)  # a wider blur: a wider FWHM
     return 0.5 * (low + high)
 
 
