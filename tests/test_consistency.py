@@ -110,3 +110,14 @@ def test_consistency_lambda_outside_its_documented_range_is_refused(tmp_path, ca
     assert code == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and "outside" in err or "not a number" in err
+
+
+def test_the_slicer_job_passes_the_projection_settings_the_cli_accepts():
+    from SR4ZCTLib.cli import build_parser
+    from SR4ZCTLib.job import EnhanceRequest
+
+    arguments = EnhanceRequest(consistency="off", consistency_lambda=0.2).arguments(3.0, 1.5)
+    parsed = build_parser().parse_args(["enhance", "in.nrrd", "-o", "out.nrrd", *arguments])
+    assert parsed.consistency == "off" and parsed.consistency_lambda == 0.2
+    default = build_parser().parse_args(["enhance", "in.nrrd", "-o", "out.nrrd", *EnhanceRequest().arguments(3.0, 1.5)])
+    assert default.consistency is None  # the preset's choice
