@@ -185,5 +185,13 @@ def machine() -> str:
     return f"{platform.machine()} {cpu}{gpu}, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
+def write_results(path, results: list) -> None:
+    """All figures of a run as JSON, with the machine."""
+    import json
+
+    with open(path, "w") as handle:
+        json.dump({"machine": machine(), "results": results}, handle, indent=2, default=float)
+
+
 def workdir() -> Path:
     return Path(tempfile.mkdtemp(prefix="sr4zct-bench-"))

@@ -7,14 +7,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import time
 
 import numpy as np
 
 from common import (EXTRA_SETTINGS, PAPER_SETTINGS, Acquisition, consistency, interpolate, machine, phantom_truth,
-                    run_sr4zct, score, simulate_with_cli, table, vhm_truth, workdir)
+                    run_sr4zct, score, simulate_with_cli, table, vhm_truth, workdir, write_results)
 
 
 try:
@@ -87,8 +86,7 @@ def main() -> None:
         finally:
             shutil.rmtree(folder, ignore_errors=True)
     if args.json:
-        with open(args.json, "w") as handle:
-            json.dump({"machine": machine(), "results": results}, handle, indent=2, default=float)
+        write_results(args.json, results)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ as in a real scan. SR4ZCT runs as a user would: nominal thickness, default (box)
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 
@@ -27,7 +26,7 @@ from scipy.ndimage import gaussian_filter
 from scipy.special import ndtr
 
 from common import (EXTRA_SETTINGS, PAPER_SETTINGS, SOFT_TISSUE_WINDOW_HU, VHM, Acquisition, Truth, central,
-                    consistency, interpolate, machine, score, table)
+                    consistency, interpolate, machine, score, table, write_results)
 from SR4ZCTLib.intensity import psnr
 from SR4ZCTLib.enhance import EnhanceOptions, enhance
 from SR4ZCTLib.forward import CONSISTENCY_LAMBDA, FWHM_TO_SIGMA, thick_sampling_matrix
@@ -126,12 +125,13 @@ def main() -> None:
     parser.add_argument("--tune", action="store_true", help=f"score the projection at lambda in {LAMBDAS}")
     parser.add_argument("--train", action="store_true", help="also run SR4ZCT (the fast preset, CPU)")
     parser.add_argument("--iterations", type=int, default=None)
+    parser.add_argument("--no-ssim", action="store_true", help="PSNR only (SSIM shown as nan), for the long tables")
     parser.add_argument("--json", help="also write all figures here")
     args = parser.parse_args()
     print(f"machine: {machine()}; projection lambda {CONSISTENCY_LAMBDA:g} (forward.CONSISTENCY_LAMBDA)\n", flush=True)
     volume, spacing, label = finest_truth(args.truth)
     lambdas = LAMBDAS if args.tune else (CONSISTENCY_LAMBDA,)
-    measure = psnr_only if args.tune else score
+    measure = psnr_only if args.tune or args.no_ssim else score
     results = []
     for thickness, increment in parse_settings(args.settings):
         acquisition = Acquisition(thickness, increment)
@@ -152,8 +152,8 @@ def main() -> None:
                 train_s = shipped.metrics["timings"]["training_s"]
                 infer_s = shipped.metrics["timings"]["inference_s"]
                 rows.append(("**SR4ZCT shipped default** (fast, projection on)",
-                             score(shipped.volume.array.astype(np.float32), truth, acquisition), train_s, infer_s))
-                rows.append(("SR4ZCT same model, projection off", score(plain, truth, acquisition), train_s, infer_s))
+                             measure(shipped.volume.array.astype(np.float32), truth, acquisition), train_s, infer_s))
+                rows.append(("SR4ZCT same model, projection off", measure(plain, truth, acquisition), train_s, infer_s))
                 for lam in (lambdas if args.tune else ()):
                     rows.append((f"SR4ZCT unprojected + projection (lambda {lam:g})",
                                  measure(consistency(plain, thick, acquisition, spacing, lam), truth, acquisition),
@@ -176,8 +176,7 @@ def main() -> None:
             results.append({"truth": label, "case": case, "thickness_mm": thickness, "increment_mm": increment,
                             **extra, "rows": [{"method": r[0], **r[1], "train_s": r[2], "infer_s": r[3]} for r in rows]})
             if args.json:
-                with open(args.json, "w") as handle:
-                    json.dump({"machine": machine(), "results": results}, handle, indent=2, default=float)
+                write_results(args.json, results)
 
 
 if __name__ == "__main__":
