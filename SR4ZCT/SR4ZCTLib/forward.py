@@ -46,7 +46,7 @@ from .acquisition import Acquisition
 
 _SQRT_2PI = math.sqrt(2.0 * math.pi)
 FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
-CONSISTENCY_LAMBDA = 0.05  # relative regularisation of the projection; measured, see docs/benchmarks.md
+CONSISTENCY_LAMBDA = 0.1  # relative regularisation of the projection; measured on the phantom, see docs/benchmarks.md
 CONSISTENCY_LAMBDA_RANGE = (1e-4, 10.0)  # what --consistency-lambda accepts
 END_MASS_TOLERANCE = 1e-3  # profile weight beyond the grid above which an end slice is not used
 
