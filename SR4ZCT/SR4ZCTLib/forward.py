@@ -40,6 +40,7 @@ import warnings
 import numpy as np
 import torch
 from scipy.linalg import cho_solve_banded, cholesky_banded
+from scipy.sparse import csr_matrix
 from scipy.special import ndtr
 
 from .acquisition import Acquisition
@@ -225,6 +226,7 @@ class ConsistencyProjection:
         self.used = np.flatnonzero(_mass_outside(centres, n_fine, width, acquisition.profile) <= END_MASS_TOLERANCE)
         sampling = thick_sampling_matrix(n_fine, centres[self.used], width, acquisition.profile)
         self.sampling = sampling / np.maximum(sampling.sum(axis=1, keepdims=True), 1e-300)
+        self._sparse = csr_matrix(self.sampling)  # a band of about thickness / spacing + 2 weights per row
         gram = self.sampling @ self.sampling.T
         self.shift = float(regularisation) * (float(np.mean(np.diag(gram))) if len(gram) else 1.0)
         self.factor = _banded_cholesky(gram + self.shift * np.eye(len(gram))) if len(gram) else None
@@ -233,8 +235,8 @@ class ConsistencyProjection:
         """S^T (S S^T + lambda mu I)^-1 (b - S y) for estimate (n_fine, lines) and measured (n_slices, lines)."""
         if self.factor is None:
             return np.zeros_like(estimate, dtype=np.float64)
-        residual = measured[self.used].astype(np.float64) - self.sampling @ estimate
-        return self.sampling.T @ cho_solve_banded((self.factor, False), residual)
+        residual = measured[self.used].astype(np.float64) - self._sparse @ estimate
+        return self._sparse.T @ cho_solve_banded((self.factor, False), residual)
 
     def __call__(self, estimate: np.ndarray, measured: np.ndarray) -> np.ndarray:
         return estimate + self.correction(estimate, measured)
