@@ -86,7 +86,7 @@ class MSDNet(nn.Module):
         parameters = [p for pair in zip(self.weights, self.biases) for p in pair]
         features = _DenseDilatedStack.apply(image, self.dilations, *parameters)
         with torch.autocast(features.device.type, enabled=False):  # the output layer in float32 under fp16 autocast
-            return self.final(features.float())
+            return self.final(features.to(self.final.weight.dtype))
 
 
 class ResidualCNN(nn.Module):
