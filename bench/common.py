@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT / "SR4ZCT"))
 
 from SR4ZCTLib import Acquisition, cli  # noqa: E402
 from SR4ZCTLib.enhance import EnhanceOptions, enhance  # noqa: E402
-from SR4ZCTLib.forward import simulate_thick_slices  # noqa: E402
+from SR4ZCTLib.forward import CONSISTENCY_LAMBDA, simulate_thick_slices  # noqa: E402
 from SR4ZCTLib.inference import interpolation_to_grid, project_onto_measurements  # noqa: E402
 from SR4ZCTLib.intensity import PSNR_WINDOW_HU, psnr  # noqa: E402
 from SR4ZCTLib.phantom import make_phantom  # noqa: E402
@@ -110,12 +110,11 @@ def interpolate(thick: np.ndarray, acquisition: Acquisition, spacing: float, met
 
 
 def consistency(estimate: np.ndarray, thick: np.ndarray, acquisition: Acquisition, spacing: float,
-                iterations: int = 3) -> np.ndarray:
-    """The learning-free step: y += U (b - S y), S the forward model, U linear interpolation."""
+                regularisation: float = CONSISTENCY_LAMBDA) -> np.ndarray:
+    """The product's consistency projection y + S^T (S S^T + lambda mu I)^-1 (b - S y) applied to any estimate."""
     result = torch.from_numpy(np.ascontiguousarray(estimate, dtype=np.float32)).clone()
     measured = torch.from_numpy(thick.astype(np.float32))
-    upsample = interpolation_to_grid(thick.shape[0], acquisition.increment_mm, spacing)
-    project_onto_measurements(result, measured, acquisition, spacing, upsample, iterations)
+    project_onto_measurements(result, measured, acquisition, spacing, regularisation)
     return result.numpy()
 
 
@@ -154,13 +153,13 @@ def run_sr4zct(thick: Volume, acquisition: Acquisition, preset: str, iterations=
                                               acquisition.profile)
     started = time.perf_counter()
     base = enhance(thick, geometry, EnhanceOptions(preset=preset, iterations=iterations, device=device, seed=seed,
-                                                   consistency_iterations=0, force=True))
+                                                   consistency=False, force=True))
     train_s = base.metrics["timings"]["training_s"]
     variants = {"fused": (base.volume.array.astype(np.float32), base.metrics["timings"]["inference_s"])}
-    for label, views, steps in (("coronal only", ("coronal",), 0), ("sagittal only", ("sagittal",), 0),
-                                ("fused + consistency", ("coronal", "sagittal"), 1)):
+    for label, views, project in (("coronal only", ("coronal",), False), ("sagittal only", ("sagittal",), False),
+                                  ("fused + consistency", ("coronal", "sagittal"), True)):
         start = time.perf_counter()
-        result = enhance(thick, geometry, EnhanceOptions(device=device, views=views, consistency_iterations=steps,
+        result = enhance(thick, geometry, EnhanceOptions(device=device, views=views, consistency=project,
                                                          force=True), model=base.model)
         variants[label] = (result.volume.array.astype(np.float32), time.perf_counter() - start)
     del started
@@ -184,6 +183,14 @@ def machine() -> str:
     cpu = f"{os.cpu_count()} CPU cores"
     gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"
     return f"{platform.machine()} {cpu}{gpu}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def write_results(path, results: list) -> None:
+    """All figures of a run as JSON, with the machine."""
+    import json
+
+    with open(path, "w") as handle:
+        json.dump({"machine": machine(), "results": results}, handle, indent=2, default=float)
 
 
 def workdir() -> Path:

@@ -283,6 +283,20 @@ def test_simulate_makes_thick_slices_with_the_increment(tmp_path, capsys):
     np.testing.assert_allclose(thick.array[1:-1, 0, 0], np.linspace(-1000, 1000, 41)[4:-4:4], atol=1e-3)
 
 
+@pytest.mark.parametrize("axis,expected", [(None, (6, 9, 10)), ("k", (6, 9, 10)), ("j", (11, 7, 10)), ("i", (11, 9, 7))])
+def test_simulate_thickens_the_axis_asked_for_not_the_coarsest(tmp_path, capsys, axis, expected):
+    """A thin (0.7, 0.8, 0.5) mm volume: k by default (the coarsest rule picked j), any axis with --axis."""
+    thin = np.zeros((11, 9, 10), np.float32)
+    source = ct_file(tmp_path, thin, "thin.nrrd", Volume.matrix_from((0, 0, 0), (0.7, 0.8, 0.5), np.eye(3)))
+    code, _, err = run_cli(["simulate", source, "-o", tmp_path / "thick.nrrd", "--thickness", "2", "--increment", "1"]
+                           + (["--axis", axis] if axis else []), capsys)
+    assert code == 0, err
+    thick = read_volume(tmp_path / "thick.nrrd")
+    assert thick.array.shape == expected
+    spacing = {"i": [1.0, 0.8, 0.5], "j": [0.7, 1.0, 0.5], "k": [0.7, 0.8, 1.0]}[axis or "k"]
+    assert thick.spacing == pytest.approx(spacing)
+
+
 # ---- memory, devices, GPU out of memory ---------------------------------------------------------------------------
 def test_volume_too_large_for_memory_is_refused_unless_forced(tmp_path, ct, capsys, monkeypatch):
     import psutil

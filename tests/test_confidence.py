@@ -32,7 +32,7 @@ def case():
 
 def test_confidence_is_the_smoothed_difference_of_the_two_passes(case):
     volume, geometry, result = case
-    single = {view: enhance(volume, geometry, EnhanceOptions(device="cpu", views=(view,), consistency_iterations=0,
+    single = {view: enhance(volume, geometry, EnhanceOptions(device="cpu", views=(view,), consistency=False,
                                                              target_spacing_mm=0.5), model=result.model).volume.array
               for view in ("coronal", "sagittal")}  # each pass alone, on the network's own 0.5 mm grid
     expected = gaussian_filter(np.abs(single["coronal"] - single["sagittal"]), SMOOTHING_VOXELS, mode="nearest")

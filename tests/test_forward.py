@@ -116,10 +116,23 @@ def test_simulated_thick_slices_have_the_increment_and_the_mean():
     np.testing.assert_allclose(thick.numpy(), 7.0)
 
 
-def test_apply_along_axis_keeps_dtype_and_device():
-    data = torch.ones(4, 5, dtype=torch.float32)
-    matrix = torch.from_numpy(np.eye(5))
-    assert apply_along_axis(data, matrix, 1).dtype == torch.float32
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_apply_along_axis_matches_numpy_and_keeps_dtype_and_device(device, dtype):
+    """A non-square float64 matrix applied on every axis of a float32/64 tensor on the device: the numbers, the
+    dtype and the device are the data's."""
+    rng = np.random.default_rng(5)
+    volume = rng.normal(size=(6, 7, 8))
+    for axis in range(3):
+        matrix = rng.normal(size=(volume.shape[axis] + 3, volume.shape[axis]))
+        expected = np.moveaxis(np.tensordot(matrix, np.moveaxis(volume, axis, 0), axes=1), 0, axis)
+        result = apply_along_axis(torch.from_numpy(volume).to(device=device, dtype=dtype), torch.from_numpy(matrix), axis)
+        assert result.dtype == dtype and result.device.type == device
+        assert result.shape[axis] == volume.shape[axis] + 3
+        np.testing.assert_allclose(result.cpu().double().numpy(), expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("thickness,increment", [(0.0, 1.0), (-1.0, 1.0), (1.0, 0.0), (float("nan"), 1.0)])

@@ -85,6 +85,17 @@ def test_gantry_tilt_is_refused(tmp_path, small_ct):
         read_volume(folder)
 
 
+def test_gantry_tilt_tolerance_does_not_grow_with_the_slice_count(tmp_path):
+    """300 slices tilted 0.52 degrees put the last one 2.7 mm sideways: refused however long the series."""
+    count, increment = 300, 1.0
+    array = np.full((count, 4, 4), 40, dtype=np.int16)
+    sideways = np.tan(np.radians(0.52)) * increment
+    positions = [p + np.array([0.0, sideways * i, 0.0]) for i, p in enumerate(stacked_positions(count, increment))]
+    folder = write_dicom_series(tmp_path / "tilt", array, positions, thickness=increment)
+    with pytest.raises(InputError, match="gantry tilt"):
+        read_volume(folder)
+
+
 def test_two_series_in_one_folder_are_refused(tmp_path, small_ct):
     folder = tmp_path / "two"
     write_dicom_series(folder / "a", small_ct, stacked_positions(6, 2.0))

@@ -53,7 +53,8 @@ class Settings:
     iterations: Optional[int] = None
     seed: int = 0
     target_spacing_mm: Optional[float] = None
-    consistency_iterations: Optional[int] = None
+    consistency: Optional[str] = None  # "on" or "off"; None: the preset's
+    consistency_lambda: Optional[float] = None  # None: the engine's default
     allow_non_hu: bool = False
     force: bool = False  # skip the memory check (does not change the result)
 
@@ -187,9 +188,9 @@ def _enhance_one(series: Series, out: Path, settings: Settings, device: str, thr
     import torch
 
     from .enhance import EnhanceOptions, enhance
-    from .volume import read_through_plane_geometry
     from .publish import write_text
     from .report import strict_json
+    from .volume import read_through_plane_geometry
     from .volume_io import read_volume, write_volume
 
     torch.set_num_threads(max(1, threads))
@@ -198,8 +199,10 @@ def _enhance_one(series: Series, out: Path, settings: Settings, device: str, thr
     geometry, notes = read_through_plane_geometry(volume, series.thickness_mm, series.increment_mm, settings.profile)
     options = EnhanceOptions(preset=settings.preset, iterations=settings.iterations, device=device, seed=settings.seed,
                              target_spacing_mm=settings.target_spacing_mm,
-                             consistency_iterations=settings.consistency_iterations, allow_non_hu=settings.allow_non_hu,
-                             force=settings.force)
+                             consistency=None if settings.consistency is None else settings.consistency == "on",
+                             threads=max(1, threads), allow_non_hu=settings.allow_non_hu, force=settings.force)
+    if settings.consistency_lambda is not None:
+        options.consistency_lambda = settings.consistency_lambda
     result = enhance(volume, geometry, options)
     output, metrics_path = result_paths(out, series)
     metrics = dict(result.metrics, warnings=notes, batch_key=key)
@@ -345,7 +348,7 @@ def _batch(args) -> int:
     created = not out.exists()
     out.mkdir(exist_ok=True)
     settings = Settings(args.profile, args.preset, args.iterations, args.seed, args.target_spacing, args.consistency,
-                        args.allow_non_hu, args.force)
+                        args.consistency_lambda, args.allow_non_hu, args.force)
     series = [replace(item, thickness_mm=item.thickness_mm or args.thickness, increment_mm=item.increment_mm or
                       args.increment) for item in series]  # --thickness/--increment: defaults for blank cells
     try:

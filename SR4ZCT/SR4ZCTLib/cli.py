@@ -64,6 +64,19 @@ def _add_volume_input(parser: argparse.ArgumentParser) -> None:
                         help="read a .nhdr/.mhd whose data file lies outside the header's folder")
 
 
+def _consistency_lambda(text: str) -> float:
+    from .forward import CONSISTENCY_LAMBDA_RANGE
+
+    low, high = CONSISTENCY_LAMBDA_RANGE
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"{text!r} is outside {low:g} to {high:g}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="sr4zct", description="Self-supervised through-plane resolution enhancement for thick-slice CT.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -98,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--thickness", type=_number("thickness"), required=True, help="slice thickness (FWHM) in mm")
     simulate.add_argument("--increment", type=_number("increment"), required=True, help="slice increment in mm")
     simulate.add_argument("--profile", choices=PROFILES, default="box")
+    simulate.add_argument("--axis", choices=("i", "j", "k"),
+                          help="axis to make thick (default: the DICOM stacking axis, else k)")
     simulate.add_argument("--overwrite", action="store_true")
     simulate.add_argument("--progress", choices=("bar", "json", "none"), default="bar")
     simulate.set_defaults(handler=_simulate)
@@ -120,6 +135,8 @@ def _add_acquisition_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    from .forward import CONSISTENCY_LAMBDA, CONSISTENCY_LAMBDA_RANGE
+
     parser.add_argument("--preset", choices=("fast", "paper"), default="fast")
     parser.add_argument("--iterations", type=_number("iterations", int),
                         help="training iterations, 1..10000000 (overrides the preset)")
@@ -128,7 +145,11 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=_number("threads", int),
                         help="CPU threads, 1..256 (default: min(4, CPU count)); a seeded run gives the same output "
                              "at the same thread count")
-    parser.add_argument("--consistency", type=int, help="consistency steps after the network (default: the preset's)")
+    parser.add_argument("--consistency", choices=("on", "off"),
+                        help="project the output onto the measured slices (default: the preset's: fast on, paper off)")
+    parser.add_argument("--consistency-lambda", type=_consistency_lambda, default=CONSISTENCY_LAMBDA, metavar="L",
+                        help=f"the projection's relative regularisation, {CONSISTENCY_LAMBDA_RANGE[0]:g} to "
+                             f"{CONSISTENCY_LAMBDA_RANGE[1]:g}; smaller fits the slices closer (default {CONSISTENCY_LAMBDA:g})")
     parser.add_argument("--allow-non-hu", action="store_true", help="enhance volumes that are not CT in HU")
     parser.add_argument("--force", action="store_true", help="run even when the memory estimate exceeds what is free")
     parser.add_argument("--progress", choices=("bar", "json", "none"), default="bar",
@@ -220,7 +241,8 @@ def _run_options(args):
     from .enhance import EnhanceOptions
 
     return EnhanceOptions(preset=args.preset, iterations=args.iterations, device=args.device, seed=args.seed,
-                          consistency_iterations=args.consistency, allow_non_hu=args.allow_non_hu, force=args.force,
+                          consistency=None if args.consistency is None else args.consistency == "on",
+                          consistency_lambda=args.consistency_lambda, allow_non_hu=args.allow_non_hu, force=args.force,
                           target_spacing_mm=getattr(args, "target_spacing", None), threads=args.threads,
                           confidence=bool(getattr(args, "confidence", None)))
 
@@ -309,7 +331,7 @@ def _print_summary(metrics: dict, output: Path) -> None:
     training = metrics.get("training", {})
     line = f"wrote {output} ({' x '.join(map(str, metrics['output_shape']))})"
     if "validation_psnr_db" in training:
-        line += (f"; held-out validation PSNR {training['validation_psnr_db']:.2f} dB, "
+        line += (f"; held-out in-plane stand-in PSNR {training['validation_psnr_db']:.2f} dB, "
                  f"linear interpolation {training['validation_linear_psnr_db']:.2f} dB")
     elif "reused_model" in training:
         line += f"; model reused from {training['reused_model']} (no validation on this scan)"
@@ -335,7 +357,7 @@ def _simulate(args) -> int:
     from .enhance import to_output_type
     from .forward import simulate_thick_slices
     from .publish import OutputPlan, Publication
-    from .volume import Volume, check_orthogonal, check_volume_shape, through_plane_axis
+    from .volume import AXIS_NAMES, Volume, check_orthogonal, check_volume_shape
     from .volume_io import OUTPUT_SUFFIXES, read_volume, stage_volume
 
     plan = OutputPlan(Path(args.input), args.overwrite)
@@ -346,7 +368,7 @@ def _simulate(args) -> int:
     _warn(volume.extra.get("notes", []))
     check_volume_shape(volume.array)
     check_orthogonal(volume)
-    axis, _ = through_plane_axis(volume)
+    axis = AXIS_NAMES.index(args.axis) if args.axis else (volume.slice_axis if volume.slice_axis is not None else 2)
     spacing = float(volume.spacing[axis])
     if args.increment < spacing:
         raise InputError(f"increment {args.increment:g} mm is finer than the input's slice spacing {spacing:g} mm; "

@@ -14,6 +14,7 @@ from .acquisition import Acquisition
 from .confidence import PassDifference, confidence_volume
 from .device import resolve_device
 from .errors import InputError
+from .forward import CONSISTENCY_LAMBDA, CONSISTENCY_LAMBDA_RANGE
 from .inference import VIEWS, enhance_stack, resample_along_axis0
 from .intensity import Normalisation, check_intensities
 from .memory import check_memory, estimate_memory_bytes, fine_grid_size
@@ -36,7 +37,7 @@ NORMALISATION_KINDS = ("hu", "percentile", "identity")
 
 @dataclass
 class EnhanceOptions:
-    """What to run. Defaults: the `fast` preset, both views fused, the preset's consistency steps."""
+    """What to run. Defaults: the `fast` preset, both views fused, the preset's consistency projection."""
 
     preset: str = "fast"
     iterations: Optional[int] = None
@@ -44,7 +45,8 @@ class EnhanceOptions:
     device: str = "auto"
     seed: int = 0
     views: Sequence[str] = VIEWS
-    consistency_iterations: Optional[int] = None  # default: the preset's
+    consistency: Optional[bool] = None  # project onto the measured slices; default: the preset's
+    consistency_lambda: float = CONSISTENCY_LAMBDA  # the projection's relative regularisation
     allow_non_hu: bool = False
     force: bool = False  # skip the memory check
     batch_size: Optional[int] = None
@@ -218,6 +220,10 @@ def _enhance(volume: Volume, geometry: ThroughPlaneGeometry, options: EnhanceOpt
     unknown_views = set(options.views) - set(VIEWS)
     if unknown_views:
         raise InputError(f"unknown view(s) {sorted(unknown_views)}; choose from {', '.join(VIEWS)}")
+    low, high = CONSISTENCY_LAMBDA_RANGE
+    if not low <= float(options.consistency_lambda) <= high:  # also refuses NaN
+        raise InputError(f"consistency lambda must be between {low:g} and {high:g}, got {options.consistency_lambda}; "
+                         f"the default {CONSISTENCY_LAMBDA:g} was measured (docs/benchmarks.md)")
     array_axis = geometry.array_axis
     check_memory(estimate_memory_bytes(volume.array.shape, array_axis, acquisition.increment_mm, grid_spacing, target,
                                        config.phases), options.force)
@@ -244,17 +250,18 @@ def _enhance(volume: Volume, geometry: ThroughPlaneGeometry, options: EnhanceOpt
     else:  # no validation on this scan: the figures in the file are the training scan's, and say so
         training_metrics = {"reused_model": model.loaded_from or "given",
                             "training_scan": {k: v for k, v in model.metrics.items() if k.startswith("validation")}}
-    consistency = config.consistency_iterations if options.consistency_iterations is None else options.consistency_iterations
+    consistency = config.consistency if options.consistency is None else bool(options.consistency)
     inference_started = time.perf_counter()
     fine_shape = (fine_grid_size(stack.shape[0], acquisition.increment_mm, grid_spacing),) + stack.shape[1:]
     passes = PassDifference(fine_shape, options.views) if options.confidence else None
     enhanced = enhance_stack(
         stack, acquisition, grid_spacing, model.network, normalisation.forward, normalisation.inverse, device,
-        views=tuple(options.views), consistency_iterations=int(consistency), batch_size=options.batch_size,
-        reporter=reporter, on_pass=passes,
+        views=tuple(options.views), consistency_lambda=options.consistency_lambda if consistency else None,
+        batch_size=options.batch_size, reporter=reporter, on_pass=passes,
     )
     if abs(target - grid_spacing) > 1e-9:
-        enhanced = resample_along_axis0(enhanced, grid_spacing, target)
+        enhanced = resample_along_axis0(enhanced, grid_spacing, target,
+                                        fine_grid_size(stack.shape[0], acquisition.increment_mm, target))
     timings["inference_s"] = time.perf_counter() - inference_started
     output_array = to_output_type(enhanced, volume.array.dtype)
     del enhanced
@@ -274,7 +281,8 @@ def _enhance(volume: Volume, geometry: ThroughPlaneGeometry, options: EnhanceOpt
         "increment_source": geometry.increment_source,
         "target_spacing_mm": target,
         "views": list(options.views),
-        "consistency_iterations": int(consistency),
+        "consistency": "on" if consistency else "off",
+        "consistency_lambda": float(options.consistency_lambda) if consistency else None,
         "input_shape": list(volume.array.shape),
         "output_shape": list(output.array.shape),
         "timings": timings,
@@ -315,14 +323,14 @@ def to_output_type(values: torch.Tensor, input_dtype: np.dtype) -> np.ndarray:
 
 
 def linear_baseline(volume: Volume, geometry: ThroughPlaneGeometry, target_spacing_mm: Optional[float] = None,
-                    consistency_iterations: int = 0) -> Volume:
-    """Plain linear interpolation onto the output grid (optionally with consistency steps): the reference."""
+                    consistency_lambda: Optional[float] = None) -> Volume:
+    """Plain linear interpolation onto the output grid (optionally projected onto consistency): the reference."""
     grid_spacing = min(geometry.in_plane_spacing_mm)
     target = float(target_spacing_mm or grid_spacing)
     stack = np.moveaxis(volume.array, geometry.array_axis, 0)
     identity = Normalisation(offset=0.0, scale=1.0, kind="identity")
     values = enhance_stack(stack, geometry.acquisition, target, None, identity.forward, identity.inverse,
-                           torch.device("cpu"), consistency_iterations=consistency_iterations)
+                           torch.device("cpu"), consistency_lambda=consistency_lambda)
     return Volume(np.ascontiguousarray(np.moveaxis(to_output_type(values, volume.array.dtype), 0, geometry.array_axis)),
                   enhanced_matrix(volume, geometry.axis, target), source=volume.source)
 

@@ -9,6 +9,27 @@ p the slice profile (box of width r_z, or Gaussian of FWHM r_z), for centres c =
 Linear interpolation U of b back onto the fine grid gives the degraded image W f = U S f.
 Since f = sum_k f_k hat(x/s - k), each weight S[m, k] = E_p[hat(X/s - k)] has a closed form
 (hat is the second difference of the ramp function), so S is exact, not a quadrature.
+
+Data consistency. The measured thick slices b (centres 0, d, 2d, ... on the output's fine grid,
+which runs from the first centre to the last) constrain an estimate y through S y = b. The
+projection is the regularised least-norm correction, one through-plane line at a time:
+
+    y' = y + S^T (S S^T + lambda mu I)^-1 (b - S y),    mu = mean of diag(S S^T),
+
+the smallest change of y (in the L2 norm) that makes S y' match b, up to lambda. With the
+eigenvalues s_i^2 of S S^T it leaves a residual S y' - b = lambda mu (S S^T + lambda mu I)^-1 (S y - b),
+each mode scaled by lambda mu / (s_i^2 + lambda mu) < 1, and changes nothing outside S's row
+space: it cannot diverge, and a second application changes y by at most that same factor times
+the first correction. lambda (relative, dimensionless) trades fit to noisy or mis-modelled slices
+against fit to the measured data; CONSISTENCY_LAMBDA was measured on volumes other than the one
+docs/benchmarks.md reports (see there). S S^T is banded (slices overlap only their neighbours), so
+it is factored once per volume (banded Cholesky) and applied to all lines at once.
+End slices: the grid stops at the first and last centre, so the end slices also measured anatomy
+the grid does not contain. Assuming it mirrors the inside (as W above does for training) is wrong
+where the anatomy continues, so the projection uses only the slices whose profile puts at most
+END_MASS_TOLERANCE of its weight beyond the grid (rows truncated there and renormalised); the
+partial end slices constrain nothing and the estimate within about half a thickness of each end
+is left as it was, apart from the spread of the neighbouring slices' corrections.
 """
 
 from __future__ import annotations
@@ -18,12 +39,17 @@ import warnings
 
 import numpy as np
 import torch
+from scipy.linalg import cho_solve_banded, cholesky_banded
+from scipy.sparse import csr_matrix
 from scipy.special import ndtr
 
 from .acquisition import Acquisition
 
 _SQRT_2PI = math.sqrt(2.0 * math.pi)
 FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
+CONSISTENCY_LAMBDA = 0.1  # relative regularisation of the projection; measured on the phantom, see docs/benchmarks.md
+CONSISTENCY_LAMBDA_RANGE = (1e-4, 10.0)  # what --consistency-lambda accepts
+END_MASS_TOLERANCE = 1e-3  # profile weight beyond the grid above which an end slice is not used
 
 
 def _reflect_index(index: np.ndarray, length: int) -> np.ndarray:
@@ -175,3 +201,53 @@ def simulate_thick_slices(
         data.shape[axis], centres, acquisition.thickness_mm / spacing_mm, acquisition.profile
     )
     return apply_along_axis(data, torch.from_numpy(sampling), axis)
+
+
+def _mass_outside(centres: np.ndarray, n_fine: int, width: float, profile: str) -> np.ndarray:
+    """Fraction of each slice's profile that lies beyond the grid [0, n_fine - 1] (fine-sample units)."""
+    left, right = centres, (n_fine - 1) - centres
+    if profile == "box":
+        return np.clip(0.5 - left / width, 0.0, 1.0) + np.clip(0.5 - right / width, 0.0, 1.0)
+    sigma = width * FWHM_TO_SIGMA
+    return ndtr(-left / sigma) + ndtr(-right / sigma)
+
+
+class ConsistencyProjection:
+    """y -> y + S^T (S S^T + lambda mu I)^-1 (b - S y) along axis 0 (the module docstring has the maths).
+
+    S holds the measured slices at centres m * increment from the grid's first sample, except the
+    partial end slices; the banded Cholesky factor of S S^T + lambda mu I is computed once.
+    """
+
+    def __init__(self, n_fine: int, n_slices: int, spacing_mm: float, acquisition: Acquisition,
+                 regularisation: float = CONSISTENCY_LAMBDA) -> None:
+        centres = np.arange(n_slices) * acquisition.increment_mm / spacing_mm
+        width = acquisition.thickness_mm / spacing_mm
+        self.used = np.flatnonzero(_mass_outside(centres, n_fine, width, acquisition.profile) <= END_MASS_TOLERANCE)
+        sampling = thick_sampling_matrix(n_fine, centres[self.used], width, acquisition.profile)
+        self.sampling = sampling / np.maximum(sampling.sum(axis=1, keepdims=True), 1e-300)
+        self._sparse = csr_matrix(self.sampling)  # a band of about thickness / spacing + 2 weights per row
+        gram = self.sampling @ self.sampling.T
+        self.shift = float(regularisation) * (float(np.mean(np.diag(gram))) if len(gram) else 1.0)
+        self.factor = _banded_cholesky(gram + self.shift * np.eye(len(gram))) if len(gram) else None
+
+    def correction(self, estimate: np.ndarray, measured: np.ndarray) -> np.ndarray:
+        """S^T (S S^T + lambda mu I)^-1 (b - S y) for estimate (n_fine, lines) and measured (n_slices, lines)."""
+        if self.factor is None:
+            return np.zeros_like(estimate, dtype=np.float64)
+        residual = measured[self.used].astype(np.float64) - self._sparse @ estimate
+        return self._sparse.T @ cho_solve_banded((self.factor, False), residual)
+
+    def __call__(self, estimate: np.ndarray, measured: np.ndarray) -> np.ndarray:
+        return estimate + self.correction(estimate, measured)
+
+
+def _banded_cholesky(matrix: np.ndarray) -> np.ndarray:
+    """Upper banded Cholesky factor of a symmetric positive definite banded matrix (LAPACK's upper form)."""
+    n = len(matrix)
+    rows, cols = np.nonzero(np.abs(matrix) > 0)
+    bandwidth = int(np.max(np.abs(rows - cols))) if len(rows) else 0
+    banded = np.zeros((bandwidth + 1, n))
+    for offset in range(bandwidth + 1):
+        banded[bandwidth - offset, offset:] = np.diagonal(matrix, offset)
+    return cholesky_banded(banded, lower=False)

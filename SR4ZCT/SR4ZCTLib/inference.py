@@ -1,8 +1,9 @@
 """Inference: interpolate along z, run the network on every coronal and sagittal slice, fuse, make consistent.
 
 The volume is streamed a few slices at a time: only the input (in network units) and one float
-output volume exist at once. Optionally the fused result is projected back towards consistency
-with the measured thick slices: y += U (b - S y), S the forward model, U linear interpolation.
+output volume exist at once. Optionally the fused result is projected onto consistency with the
+measured thick slices: the regularised least-norm correction y + S^T (S S^T + lambda mu I)^-1 (b - S y)
+(forward.ConsistencyProjection; the maths is in forward.py's docstring).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from torch import nn
 
 from .acquisition import Acquisition
 from .device import free_cuda_memory, is_out_of_memory
-from .forward import linear_interpolation_matrix, thick_sampling_matrix
+from .forward import ConsistencyProjection, linear_interpolation_matrix
 from .memory import fine_grid_size
 from .progress import Reporter
 
@@ -76,14 +77,15 @@ def enhance_stack(
     denormalise,
     device: torch.device,
     views: Sequence[str] = VIEWS,
-    consistency_iterations: int = 1,
+    consistency_lambda: Optional[float] = None,
     batch_size: Optional[int] = None,
     reporter: Optional[Reporter] = None,
     on_pass: Optional[Callable[[str, tuple, torch.Tensor], None]] = None,
 ) -> torch.Tensor:
     """Enhance a stack (n_slices, rows, cols) whose axis 0 is through-plane; returns (n_fine, rows, cols) in HU.
 
-    network None gives plain linear interpolation (plus the consistency step if asked), the baseline.
+    network None gives plain linear interpolation, the baseline. consistency_lambda: None for no
+    projection, else the projection's relative regularisation.
     on_pass(view, region, block) sees each view's network output before fusion (block = enhanced[region]).
     """
     reporter = reporter or Reporter()
@@ -118,9 +120,8 @@ def enhance_stack(
                     on_pass(view, region, result)
                 done += stop - start
                 reporter.step("inference", done / total, f"{view} slices {stop}/{lines}")
-    if consistency_iterations > 0:
-        project_onto_measurements(enhanced, measured, acquisition, grid_spacing_mm, upsample,
-                                  consistency_iterations, reporter)
+    if consistency_lambda is not None:
+        project_onto_measurements(enhanced, measured, acquisition, grid_spacing_mm, consistency_lambda, reporter)
     del measured
     for start in range(0, n_fine, 32):
         enhanced[start:start + 32] = denormalise(enhanced[start:start + 32])
@@ -132,31 +133,29 @@ def project_onto_measurements(
     measured: torch.Tensor,
     acquisition: Acquisition,
     grid_spacing_mm: float,
-    upsample: torch.Tensor,
-    iterations: int,
+    regularisation: float,
     reporter: Optional[Reporter] = None,
     rows_per_chunk: int = 16,
 ) -> None:
-    """In place: estimate += U (measured - S estimate), `iterations` times, chunked over image rows."""
-    n_slices = measured.shape[0]
-    n_fine = estimate.shape[0]
-    centres = np.arange(n_slices) * acquisition.increment_mm / grid_spacing_mm
-    sampling = torch.from_numpy(thick_sampling_matrix(
-        n_fine, centres, acquisition.thickness_mm / grid_spacing_mm, acquisition.profile)).float()
-    for start in range(0, estimate.shape[1], rows_per_chunk):
+    """In place: the consistency projection of estimate (n_fine, rows, cols) onto the measured slices, by row chunks."""
+    n_fine, rows, cols = estimate.shape
+    projection = ConsistencyProjection(n_fine, measured.shape[0], grid_spacing_mm, acquisition, regularisation)
+    for start in range(0, rows, rows_per_chunk):
         chunk = estimate[:, start:start + rows_per_chunk, :]
-        target = measured[:, start:start + rows_per_chunk, :]
-        for _ in range(iterations):
-            residual = target - torch.einsum("sf,frc->src", sampling, chunk)
-            chunk += torch.einsum("fs,src->frc", upsample, residual)
+        lines = chunk.reshape(n_fine, -1).numpy().astype(np.float64)
+        target = measured[:, start:start + rows_per_chunk, :].reshape(measured.shape[0], -1).numpy()
+        chunk += torch.from_numpy(projection.correction(lines, target)).reshape(chunk.shape).to(chunk.dtype)
         if reporter is not None:
-            reporter.step("consistency", min(1.0, (start + rows_per_chunk) / estimate.shape[1]), "consistency step")
+            reporter.step("consistency", min(1.0, (start + rows_per_chunk) / rows), "consistency projection")
 
 
-def resample_along_axis0(stack: torch.Tensor, from_spacing_mm: float, to_spacing_mm: float) -> torch.Tensor:
-    """Linear resampling of axis 0 from one uniform spacing to another (same first sample)."""
+def resample_along_axis0(stack: torch.Tensor, from_spacing_mm: float, to_spacing_mm: float, n_out: int) -> torch.Tensor:
+    """Linear resampling of axis 0 from one uniform spacing to another (same first sample), n_out samples.
+
+    The input grid may stop up to one sample short of the last slice centre that n_out reaches:
+    that last bit is read by reflection about the last sample (less than one input sample away).
+    """
     n_in = stack.shape[0]
-    n_out = fine_grid_size(n_in, from_spacing_mm, to_spacing_mm)
     matrix = torch.from_numpy(linear_interpolation_matrix(np.arange(n_out) * to_spacing_mm / from_spacing_mm, n_in)).float()
     result = torch.empty((n_out,) + tuple(stack.shape[1:]), dtype=stack.dtype)
     for start in range(0, stack.shape[1], 32):

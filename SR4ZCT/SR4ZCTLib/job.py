@@ -62,7 +62,8 @@ class EnhanceRequest:
     target_spacing_mm: Optional[float] = None
     device: str = "auto"
     seed: int = 0
-    consistency_iterations: Optional[int] = None
+    consistency: Optional[str] = None  # "on" or "off"; None: the preset's
+    consistency_lambda: Optional[float] = None
     allow_non_hu: bool = False
     force: bool = False  # run even when the memory estimate exceeds what is free
     model_path: Optional[str] = None
@@ -73,7 +74,8 @@ class EnhanceRequest:
         args = ["--thickness", repr(float(thickness_mm)), "--increment", repr(float(increment_mm)),
                 "--profile", self.profile, "--preset", self.preset, "--device", self.device, "--seed", str(self.seed)]
         optional = {"--iterations": self.iterations, "--target-spacing": self.target_spacing_mm,
-                    "--consistency": self.consistency_iterations, "--model": self.model_path,
+                    "--consistency": self.consistency,
+                    "--consistency-lambda": self.consistency_lambda, "--model": self.model_path,
                     "--save-model": self.save_model_path}
         for flag, value in optional.items():
             if value is not None:

@@ -85,7 +85,8 @@ class MSDNet(nn.Module):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         parameters = [p for pair in zip(self.weights, self.biases) for p in pair]
         features = _DenseDilatedStack.apply(image, self.dilations, *parameters)
-        return self.final(features)
+        with torch.autocast(features.device.type, enabled=False):  # the output layer in float32 under fp16 autocast
+            return self.final(features.to(self.final.weight.dtype))
 
 
 class ResidualCNN(nn.Module):
@@ -105,7 +106,7 @@ class ResidualCNN(nn.Module):
         self.body = nn.Sequential(*layers)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return image + self.body(image)
+        return image + self.body(image).to(image.dtype)  # the residual add in the input's precision (float32)
 
 
 ARCHITECTURES = {"msd": MSDNet, "cnn": ResidualCNN}

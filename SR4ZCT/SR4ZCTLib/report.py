@@ -131,7 +131,7 @@ def _stage_picture(publication, folder: Path, matplotlib, volume: Volume, geomet
     acquisition = geometry.acquisition
     subtitle = f"{acquisition.describe()}; output every {z_step:.3g} mm"
     if "validation_psnr_db" in training:
-        subtitle += (f"; held-out validation PSNR {training['validation_psnr_db']:.2f} dB "
+        subtitle += (f"; held-out in-plane stand-in PSNR {training['validation_psnr_db']:.2f} dB "
                      f"vs linear {training['validation_linear_psnr_db']:.2f} dB")
     figure.suptitle(f"SR4ZCT\n{subtitle}", fontsize=11)
     figure.tight_layout()

@@ -3,7 +3,9 @@
 Each axial image is sharp in-plane. Along one in-plane axis we apply the forward model of the
 real through-plane acquisition (thickness, increment, profile, a random sub-slice phase) and
 interpolate back: the network learns to undo exactly that. Images are oriented so the degraded
-axis is image axis 0, as z is in the coronal and sagittal images seen at inference.
+axis is image axis 0, as z is in the coronal and sagittal images seen at inference. With
+non-square pixels the degraded axis is first resampled to the finer in-plane spacing, the
+spacing of the z grid at inference, so a slice is as many pixels wide in training as there.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from typing import Optional
 
@@ -27,6 +30,10 @@ from .networks import build_network
 from .progress import Reporter
 
 
+VALIDATION_TASK = ("in-plane stand-in: held-out axial images degraded along an in-plane axis by the through-plane "
+                   "model; not a measurement of the through-plane result")
+
+
 @dataclass(frozen=True)
 class TrainingConfig:
     """A training schedule. `epochs` (full images) wins over `iterations` when set."""
@@ -41,7 +48,7 @@ class TrainingConfig:
     epochs: Optional[int] = None
     phases: int = 32
     validations: int = 10
-    consistency_iterations: int = 1
+    consistency: bool = True  # project the output onto the measured slices
 
     def with_iterations(self, iterations: Optional[int]) -> "TrainingConfig":
         if iterations is None:
@@ -61,7 +68,7 @@ PRESETS: dict[str, TrainingConfig] = {
     # The paper: MS-D 100 layers, width 1, dilations 1..10, full images, 200 epochs, Adam 1e-3, L2.
     "paper": TrainingConfig(
         architecture="msd", network_options={"depth": 100, "width": 1, "max_dilation": 10}, iterations=0,
-        batch_size=1, patch_size=None, learning_rate=1e-3, cosine_decay=False, epochs=200, consistency_iterations=0,
+        batch_size=1, patch_size=None, learning_rate=1e-3, cosine_decay=False, epochs=200, consistency=False,
     ),
 }
 
@@ -85,17 +92,16 @@ class PairSampler:
     matrix rows it covers, so one batched matmul makes a batch of pairs.
     """
 
-    def __init__(self, slices: torch.Tensor, in_plane_spacing_mm: tuple[float, float], acquisition: Acquisition,
+    def __init__(self, views: list[torch.Tensor], spacing_mm: float, acquisition: Acquisition,
                  phases: int, generator: torch.Generator) -> None:
-        self.views = (slices, slices.transpose(1, 2))  # degraded axis is image axis 0 in both views
+        self.views = views  # from training_views: degraded axis is image axis 0, at spacing_mm
         self.generator = generator
         self.banks = []
         rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
-        for view, spacing in zip(self.views, in_plane_spacing_mm):
-            length = view.shape[1]
+        for view in self.views:
             phase_mm = rng.uniform(0.0, acquisition.increment_mm, size=phases)
-            bank = np.stack([degradation_matrix(length, spacing, acquisition, p) for p in phase_mm])
-            self.banks.append(torch.from_numpy(bank).to(device=slices.device, dtype=slices.dtype))
+            bank = np.stack([degradation_matrix(view.shape[1], spacing_mm, acquisition, p) for p in phase_mm])
+            self.banks.append(torch.from_numpy(bank).to(device=view.device, dtype=view.dtype))
 
     def _randint(self, high: int, count: int) -> torch.Tensor:
         return torch.randint(0, high, (count,), generator=self.generator)
@@ -125,15 +131,33 @@ class PairSampler:
         return degraded[:, None], sharp[:, None]
 
 
-def validation_pairs(slices: torch.Tensor, in_plane_spacing_mm: tuple[float, float], acquisition: Acquisition,
+def training_views(slices: torch.Tensor, in_plane_spacing_mm: tuple[float, float]) -> tuple[list[torch.Tensor], float]:
+    """(views, spacing): the images with rows, then columns, as image axis 0, that axis at the finer in-plane spacing.
+
+    A coarser axis is resampled (cubic B-spline) to the finer spacing, which is the z grid at inference.
+    """
+    grid = min(in_plane_spacing_mm)
+    views = []
+    for view, spacing in zip((slices, slices.transpose(1, 2)), in_plane_spacing_mm):
+        if spacing > grid * (1.0 + 1e-6):
+            from scipy.interpolate import make_interp_spline
+
+            length = view.shape[1]
+            positions = np.arange(int(math.floor((length - 1) * spacing / grid + 1e-6)) + 1) * grid
+            spline = make_interp_spline(np.arange(length) * spacing, view.cpu().numpy(), k=3, axis=1)
+            view = torch.from_numpy(spline(positions).astype(np.float32)).to(slices.device)
+        views.append(view)
+    return views, grid
+
+
+def validation_pairs(views: list[torch.Tensor], spacing_mm: float, acquisition: Acquisition,
                      max_size: int = 256) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Fixed (degraded, sharp) pairs from held-out slices: both axes, phases 0 and d/2, central crop."""
+    """Fixed (degraded, sharp) pairs from held-out slices (training_views): both axes, phases 0 and d/2, central crop."""
     pairs = []
-    for axis, spacing in enumerate(in_plane_spacing_mm):
-        view = slices if axis == 0 else slices.transpose(1, 2)
+    for view in views:
         length = view.shape[1]
         for phase in (0.0, 0.5 * acquisition.increment_mm):
-            matrix = torch.from_numpy(degradation_matrix(length, spacing, acquisition, phase)).to(view)
+            matrix = torch.from_numpy(degradation_matrix(length, spacing_mm, acquisition, phase)).to(view)
             degraded = torch.matmul(matrix, view)
             r0 = max(0, (view.shape[1] - max_size) // 2)
             c0 = max(0, (view.shape[2] - max_size) // 2)
@@ -220,9 +244,12 @@ def _train(slices, in_plane_spacing_mm, acquisition, config, normalisation, devi
     training_ids, validation_ids = split_validation_slab(data.shape[0])
     reporter.step("pairs", 0.0, "preparing training pairs")
     started = time.perf_counter()
-    sampler = PairSampler(data[training_ids].to(device), in_plane_spacing_mm, acquisition, config.phases, generator)
+    views, spacing = training_views(data[training_ids], in_plane_spacing_mm)
+    sampler = PairSampler([view.to(device) for view in views], spacing, acquisition, config.phases, generator)
+    del views
     shown = validation_ids[:: max(1, len(validation_ids) // 4)][:4]  # at most 4 images per axis and phase
-    held_out = validation_pairs(data[shown].to(device), in_plane_spacing_mm, acquisition)
+    views, spacing = training_views(data[shown], in_plane_spacing_mm)
+    held_out = validation_pairs([view.to(device) for view in views], spacing, acquisition)
     pair_seconds = time.perf_counter() - started
     reporter.step("pairs", 1.0, f"pairs ready in {pair_seconds:.1f} s", seconds=pair_seconds)
 
@@ -264,6 +291,10 @@ def _train(slices, in_plane_spacing_mm, acquisition, config, normalisation, devi
             reporter.check()
     network.load_state_dict(best_state)
     network.eval()
+    if best_iteration == 0:
+        warnings.warn(f"training learned nothing: no step beat the identity start ({best_psnr:.2f} dB) on the held-out "
+                      "in-plane stand-in task, so the network passes its input through (linear interpolation); "
+                      "try more --iterations or check --thickness and --increment", UserWarning, stacklevel=2)
     metrics = {
         "iterations": iterations,
         "best_iteration": best_iteration,
@@ -273,6 +304,7 @@ def _train(slices, in_plane_spacing_mm, acquisition, config, normalisation, devi
         "validation_linear_psnr_db": linear_psnr,
         "validation_gain_db": best_psnr - linear_psnr,
         "validation_slices": [int(validation_ids[0]), int(validation_ids[-1])],
+        "validation_task": VALIDATION_TASK,
         "psnr_window_hu": list(PSNR_WINDOW_HU),
         "history": history,
         "config": asdict(config),

@@ -165,8 +165,8 @@ def read_through_plane_geometry(
     acquisition = Acquisition(thickness, increment, profile)
     if abs(in_plane[0] - in_plane[1]) > 0.02 * min(in_plane):
         notes.append(
-            f"in-plane spacing is anisotropic ({in_plane[0]:g} x {in_plane[1]:g} mm); "
-            "the network is trained at the finer spacing"
+            f"in-plane spacing is anisotropic ({in_plane[0]:g} x {in_plane[1]:g} mm); training resamples the coarser "
+            f"axis to {min(in_plane):g} mm, the output's through-plane grid, and learns from the resampled images"
         )
     notes.extend(acquisition.warnings_for(min(in_plane)))
     geometry = ThroughPlaneGeometry(axis, axis_source, in_plane, acquisition, increment_source, thickness_source)

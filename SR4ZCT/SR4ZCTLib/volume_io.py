@@ -18,6 +18,7 @@ from .volume import Volume, check_volume_shape
 VOLUME_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
 OUTPUT_SUFFIXES = (".nrrd", ".nii", ".nii.gz", ".mha")
 POSITION_TOLERANCE_MM = 0.01  # slice positions may deviate this much (plus 1 %) from a uniform grid
+TILT_TOLERANCE_MM = 0.1  # the last slice may sit this far sideways of the first slice's normal, however many slices
 
 
 def _suffix(path: Path) -> str:
@@ -129,7 +130,7 @@ def read_dicom_series(folder: str | os.PathLike) -> Volume:
             "missing or duplicated; re-export the complete series or resample it to a uniform grid first"
         )
     shift = positions[-1] - positions[0] - (along[-1] - along[0]) * normal
-    if np.linalg.norm(shift) > POSITION_TOLERANCE_MM * len(headers):
+    if np.linalg.norm(shift) > TILT_TOLERANCE_MM:
         tilt = np.degrees(np.arctan2(np.linalg.norm(shift), along[-1] - along[0]))
         raise InputError(
             f"the slices are sheared by {tilt:.2f} degrees (gantry tilt); correct the tilt first "
