@@ -34,21 +34,21 @@ class PassDifference:
 
 
 def disagreement_stack(difference: torch.Tensor, scale: float, grid_spacing_mm: float,
-                       target_spacing_mm: float) -> torch.Tensor:
+                       target_spacing_mm: float, n_out: int) -> torch.Tensor:
     """|coronal - sagittal| in HU (network difference times the normalisation scale), smoothed, on the target grid."""
     from scipy.ndimage import gaussian_filter
 
     values = np.abs(difference.numpy()) * np.float32(scale)
     smoothed = torch.from_numpy(gaussian_filter(values, SMOOTHING_VOXELS, mode="nearest").astype(np.float32))
     if abs(target_spacing_mm - grid_spacing_mm) > 1e-9:
-        smoothed = resample_along_axis0(smoothed, grid_spacing_mm, target_spacing_mm)
+        smoothed = resample_along_axis0(smoothed, grid_spacing_mm, target_spacing_mm, n_out)
     return smoothed
 
 
 def confidence_volume(passes: Optional[PassDifference], scale: float, grid_spacing_mm: float, target_spacing_mm: float,
-                      array_axis: int, ijk_to_world: np.ndarray) -> Optional[Volume]:
+                      array_axis: int, ijk_to_world: np.ndarray, n_slices: int) -> Optional[Volume]:
     """The disagreement map as a float32 Volume on the output grid (same matrix as the result), or None."""
     if passes is None:
         return None
-    stack = disagreement_stack(passes.difference, scale, grid_spacing_mm, target_spacing_mm)
+    stack = disagreement_stack(passes.difference, scale, grid_spacing_mm, target_spacing_mm, n_slices)
     return Volume(np.ascontiguousarray(np.moveaxis(stack.numpy(), 0, array_axis)), ijk_to_world.copy())

@@ -270,7 +270,8 @@ def _enhance(volume: Volume, geometry: ThroughPlaneGeometry, options: EnhanceOpt
         ijk_to_world=enhanced_matrix(volume, geometry.axis, target),
         source=volume.source,
     )
-    confidence = confidence_volume(passes, normalisation.scale, grid_spacing, target, array_axis, output.ijk_to_world)
+    confidence = confidence_volume(passes, normalisation.scale, grid_spacing, target, array_axis, output.ijk_to_world,
+                                   output.array.shape[array_axis])
     timings["total_s"] = time.perf_counter() - started
     threads = torch.get_num_threads()
     metrics = {
