@@ -129,8 +129,9 @@ def _refusal(association, destination: Destination, calling_aet: str) -> str:
     if association.is_rejected:
         return (f"{destination} rejected the association (called AE title {destination.aet!r}, calling AE title "
                 f"{calling_aet!r}); check both AE titles and that the PACS knows this sender")
-    if association.is_aborted:
-        return f"{destination} aborted the association; check the AE titles and the PACS log"
+    if association.is_aborted:  # some PACS (Orthanc, under load) abort rather than reject an unknown called AE title
+        return (f"{destination} aborted the association (called AE title {destination.aet!r}, calling AE title "
+                f"{calling_aet!r}); check both AE titles and the PACS log")
     return f"cannot connect to {destination}: no DICOM service answered; check that the PACS is running, host and port"
 
 
