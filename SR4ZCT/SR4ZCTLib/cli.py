@@ -21,7 +21,7 @@ import numpy as np
 
 from .acquisition import PROFILES, Acquisition
 from .batch import add_batch_command
-from .clinic import add_enhance_arguments, check_enhance_outputs, send_result, write_result
+from .clinic import add_enhance_arguments, check_enhance_outputs, send_result, write_dicom_result
 from .errors import Cancelled, InputError, ResourceError
 from .limits import RANGES, check_range
 from .progress import Progress, Reporter
@@ -301,7 +301,7 @@ def _stage_all(publication, volume, geometry, result, output: Path, args, report
         stage_report(publication, Path(report_folder), volume, geometry, result.volume, result.metrics,
                      result.confidence)
     if getattr(args, "dicom", False):
-        write_result(result, geometry, output, args)
+        write_dicom_result(result, geometry, output, args)
 
 
 def _run_enhance(volume, geometry, notes, output: Path, args, report_folder: Optional[str], plan, model=None) -> dict:

@@ -51,7 +51,7 @@ def check_enhance_outputs(args) -> Path:
     return output
 
 
-def write_result(result, geometry, output: Path, args) -> Path:
+def write_dicom_result(result, geometry, output: Path, args) -> Path:
     """The enhanced volume as a verified DICOM series folder (file outputs are staged by the caller's publication)."""
     from .dicom_out import write_dicom_series
 

@@ -73,15 +73,6 @@ def _draw_disagreement(axis, image: np.ndarray, disagreement: np.ndarray, aspect
     axis.set_yticks([])
 
 
-def write_report(folder: str | Path, volume: Volume, geometry: ThroughPlaneGeometry, enhanced: Volume,
-                 metrics: dict, confidence: Optional[Volume] = None, overwrite: bool = True) -> list[Path]:
-    """Write report.png and metrics.json into folder (created if needed); returns the paths written."""
-    from .publish import write_alone
-
-    return write_alone(folder, overwrite, lambda publication, target: stage_report(
-        publication, target, volume, geometry, enhanced, metrics, confidence), REPORT_FILES)
-
-
 def stage_report(publication, folder: Path, volume: Volume, geometry: ThroughPlaneGeometry, enhanced: Volume,
                  metrics: dict, confidence: Optional[Volume] = None) -> None:
     """Stage (write and verify) report.png and metrics.json for folder.
