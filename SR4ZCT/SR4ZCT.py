@@ -480,7 +480,7 @@ class SR4ZCTLogic(ScriptedLoadableModuleLogic):
     def deviceDescription(self) -> str:
         """What a run with device 'auto' would use (imports torch: called on Apply, after the requirements)."""
         try:
-            from SR4ZCTLib.device import resolve_device
+            from SR4ZCTLib.core.device import resolve_device
 
             return resolve_device("auto")[1]
         except Exception as error:  # shown, not raised: the run itself reports what goes wrong
@@ -493,7 +493,7 @@ class SR4ZCTLogic(ScriptedLoadableModuleLogic):
         A DICOM thickness outside the engine's range is clamped, with a note; a volume that cannot be used (e.g. a
         slice spacing outside that range): the reason (str).
         """
-        from SR4ZCTLib.mrml import dicom_slice_thickness, node_geometry, slicer_dicom_lookup
+        from SR4ZCTLib.mrml.nodes import dicom_slice_thickness, node_geometry, slicer_dicom_lookup
 
         low, high = THICKNESS_RANGE_MM
         lookup = slicer_dicom_lookup()
@@ -533,8 +533,8 @@ class SR4ZCTLogic(ScriptedLoadableModuleLogic):
             False returns the running job (poll(), cancel(), result_node) at once.
         :return: the output node, or the job. A failed or cancelled run adds no node.
         """
-        from SR4ZCTLib.job import EnhanceJob, EnhanceRequest
-        from SR4ZCTLib.mrml import slicer_dicom_lookup
+        from SR4ZCTLib.mrml.job import EnhanceJob, EnhanceRequest
+        from SR4ZCTLib.mrml.nodes import slicer_dicom_lookup
 
         if not inputVolume:
             raise ValueError(_("Input volume is invalid"))
@@ -637,10 +637,10 @@ class SR4ZCTTest(ScriptedLoadableModuleTest):
             return
         import numpy as np
 
-        from SR4ZCTLib.acquisition import Acquisition
-        from SR4ZCTLib.forward import simulate_thick_slices
-        from SR4ZCTLib.inference import interpolation_to_grid
-        from SR4ZCTLib.phantom import make_phantom
+        from SR4ZCTLib.core.acquisition import Acquisition
+        from SR4ZCTLib.core.forward import simulate_thick_slices
+        from SR4ZCTLib.core.inference import interpolation_to_grid
+        from SR4ZCTLib.core.phantom import make_phantom
 
         self.delayDisplay("Starting the test")
         truth = make_phantom((61, 48, 48), 0.5, seed=1)

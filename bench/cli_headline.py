@@ -17,7 +17,7 @@ import time
 import numpy as np
 
 from common import VHM, Acquisition, Truth, consistency, interpolate, machine, score, workdir
-from SR4ZCTLib.volume_io import read_volume
+from SR4ZCTLib.io.volumes import read_volume
 
 
 def timed(command: list[str]) -> float:

@@ -23,12 +23,12 @@ sys.path.insert(0, str(ROOT / "SR4ZCT"))
 
 from SR4ZCTLib import Acquisition, cli  # noqa: E402
 from SR4ZCTLib.enhance import EnhanceOptions, enhance  # noqa: E402
-from SR4ZCTLib.forward import CONSISTENCY_LAMBDA, simulate_thick_slices  # noqa: E402
-from SR4ZCTLib.inference import interpolation_to_grid, project_onto_measurements  # noqa: E402
-from SR4ZCTLib.intensity import PSNR_WINDOW_HU, psnr  # noqa: E402
-from SR4ZCTLib.phantom import make_phantom  # noqa: E402
-from SR4ZCTLib.volume import Volume, read_through_plane_geometry  # noqa: E402
-from SR4ZCTLib.volume_io import read_volume, write_volume  # noqa: E402
+from SR4ZCTLib.core.forward import CONSISTENCY_LAMBDA, simulate_thick_slices  # noqa: E402
+from SR4ZCTLib.core.inference import interpolation_to_grid, project_onto_measurements  # noqa: E402
+from SR4ZCTLib.core.intensity import PSNR_WINDOW_HU, psnr  # noqa: E402
+from SR4ZCTLib.core.phantom import make_phantom  # noqa: E402
+from SR4ZCTLib.core.volume import Volume, read_through_plane_geometry  # noqa: E402
+from SR4ZCTLib.io.volumes import read_volume, write_volume  # noqa: E402
 
 VHM = ROOT.parent / "shared" / "data" / "vhm_head_1mm.nrrd"
 FULL_WINDOW_HU = PSNR_WINDOW_HU

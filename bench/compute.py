@@ -19,10 +19,10 @@ import torch
 
 from common import machine, vhm_truth
 from SR4ZCTLib.enhance import EnhanceOptions, enhance
-from SR4ZCTLib.phantom import make_phantom
+from SR4ZCTLib.core.phantom import make_phantom
 from SR4ZCTLib.progress import Reporter
-from SR4ZCTLib.training import preset, split_validation_slab, total_iterations
-from SR4ZCTLib.volume import Volume, read_through_plane_geometry
+from SR4ZCTLib.core.training import preset, split_validation_slab, total_iterations
+from SR4ZCTLib.core.volume import Volume, read_through_plane_geometry
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ import torch
 from scipy.interpolate import interp1d
 
 from common import Acquisition, machine
-from SR4ZCTLib.forward import degradation_matrix, degrade, slice_centres
+from SR4ZCTLib.core.forward import degradation_matrix, degrade, slice_centres
 
 
 def per_column(images: np.ndarray, spacing: float, acquisition: Acquisition, points: int = 9) -> np.ndarray:

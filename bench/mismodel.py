@@ -12,10 +12,10 @@ import torch
 
 from common import Acquisition, machine, score, simulate_with_cli, vhm_truth, workdir
 from SR4ZCTLib.enhance import EnhanceOptions, TrainedModel, enhance
-from SR4ZCTLib.device import resolve_device
-from SR4ZCTLib.intensity import Normalisation
-from SR4ZCTLib.training import preset, train_network
-from SR4ZCTLib.volume import read_through_plane_geometry
+from SR4ZCTLib.core.device import resolve_device
+from SR4ZCTLib.core.intensity import Normalisation
+from SR4ZCTLib.core.training import preset, train_network
+from SR4ZCTLib.core.volume import read_through_plane_geometry
 
 
 def main() -> None:

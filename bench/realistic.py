@@ -27,12 +27,12 @@ from scipy.special import ndtr
 
 from common import (EXTRA_SETTINGS, PAPER_SETTINGS, SOFT_TISSUE_WINDOW_HU, VHM, Acquisition, Truth, central,
                     consistency, interpolate, machine, score, table, write_results)
-from SR4ZCTLib.intensity import psnr
+from SR4ZCTLib.core.intensity import psnr
 from SR4ZCTLib.enhance import EnhanceOptions, enhance
-from SR4ZCTLib.forward import CONSISTENCY_LAMBDA, FWHM_TO_SIGMA, thick_sampling_matrix
-from SR4ZCTLib.phantom import make_phantom
-from SR4ZCTLib.volume import Volume, read_through_plane_geometry
-from SR4ZCTLib.volume_io import read_volume
+from SR4ZCTLib.core.forward import CONSISTENCY_LAMBDA, FWHM_TO_SIGMA, thick_sampling_matrix
+from SR4ZCTLib.core.phantom import make_phantom
+from SR4ZCTLib.core.volume import Volume, read_through_plane_geometry
+from SR4ZCTLib.io.volumes import read_volume
 
 LAMBDAS = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 NOISE_HU = 10.0

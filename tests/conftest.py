@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from SR4ZCTLib.volume import Volume
+from SR4ZCTLib.core.volume import Volume
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 CHEST_DICOM = SHARED / "chest_ct_5mm"

@@ -11,8 +11,8 @@ import pytest
 
 from SR4ZCTLib.batch import read_manifest
 from SR4ZCTLib.errors import InputError
-from SR4ZCTLib.volume import Volume
-from SR4ZCTLib.volume_io import read_volume, write_volume
+from SR4ZCTLib.core.volume import Volume
+from SR4ZCTLib.io.volumes import read_volume, write_volume
 
 from conftest import run_cli
 

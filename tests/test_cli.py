@@ -20,10 +20,10 @@ import pytest
 import torch
 
 from SR4ZCTLib import cli
-from SR4ZCTLib.device import resolve_device
+from SR4ZCTLib.core.device import resolve_device
 from SR4ZCTLib.errors import InputError
-from SR4ZCTLib.volume import Volume
-from SR4ZCTLib.volume_io import read_volume, write_volume
+from SR4ZCTLib.core.volume import Volume
+from SR4ZCTLib.io.volumes import read_volume, write_volume
 
 from conftest import CHEST_DICOM, needs_shared, stacked_positions, write_dicom_series
 
@@ -323,7 +323,7 @@ def test_no_cuda_means_cpu_with_a_message_and_cuda_asked_is_refused():
 
 
 def test_cuda_out_of_memory_in_inference_halves_the_batch_then_uses_the_cpu(monkeypatch):
-    from SR4ZCTLib import inference
+    from SR4ZCTLib.core import inference
     from SR4ZCTLib.progress import Reporter
 
     calls = []
@@ -346,9 +346,9 @@ def test_cuda_out_of_memory_in_inference_halves_the_batch_then_uses_the_cpu(monk
 
 
 def test_cuda_out_of_memory_in_training_retries_smaller_then_cpu(monkeypatch):
-    from SR4ZCTLib import training
-    from SR4ZCTLib.acquisition import Acquisition
-    from SR4ZCTLib.intensity import Normalisation
+    from SR4ZCTLib.core import training
+    from SR4ZCTLib.core.acquisition import Acquisition
+    from SR4ZCTLib.core.intensity import Normalisation
 
     attempts = []
 
@@ -372,7 +372,7 @@ def test_cancel_in_each_stage_stops_quickly_and_writes_nothing(tmp_path, ct, sta
     from SR4ZCTLib.enhance import EnhanceOptions, enhance
     from SR4ZCTLib.errors import Cancelled
     from SR4ZCTLib.progress import Reporter
-    from SR4ZCTLib.volume import read_through_plane_geometry
+    from SR4ZCTLib.core.volume import read_through_plane_geometry
 
     volume = read_volume(ct)
     before = volume.array.copy()

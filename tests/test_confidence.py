@@ -7,12 +7,12 @@ import pytest
 from scipy.ndimage import gaussian_filter
 
 from SR4ZCTLib import Acquisition, cli
-from SR4ZCTLib.confidence import SMOOTHING_VOXELS
+from SR4ZCTLib.core.confidence import SMOOTHING_VOXELS
 from SR4ZCTLib.enhance import EnhanceOptions, enhance
-from SR4ZCTLib.forward import simulate_thick_slices
-from SR4ZCTLib.phantom import make_phantom
-from SR4ZCTLib.volume import Volume, read_through_plane_geometry
-from SR4ZCTLib.volume_io import read_volume, write_volume
+from SR4ZCTLib.core.forward import simulate_thick_slices
+from SR4ZCTLib.core.phantom import make_phantom
+from SR4ZCTLib.core.volume import Volume, read_through_plane_geometry
+from SR4ZCTLib.io.volumes import read_volume, write_volume
 
 from conftest import oblique_matrix
 
@@ -85,7 +85,7 @@ def test_bad_confidence_paths_are_refused_before_the_run(tmp_path, small_ct, cap
 
 def test_confidence_node_is_coloured_linked_and_filed_in_the_study():
     slicer = pytest.importorskip("slicer")
-    from SR4ZCTLib.mrml import add_confidence_node, node_from_volume
+    from SR4ZCTLib.mrml.nodes import add_confidence_node, node_from_volume
 
     scene = slicer.mrmlScene = slicer.vtkMRMLScene()
     colours = slicer.vtkMRMLColorLogic()
@@ -109,7 +109,7 @@ def test_confidence_node_is_coloured_linked_and_filed_in_the_study():
 
 def test_a_confidence_node_that_cannot_be_linked_is_not_left_behind():
     slicer = pytest.importorskip("slicer")
-    from SR4ZCTLib.mrml import add_confidence_node
+    from SR4ZCTLib.mrml.nodes import add_confidence_node
 
     scene = slicer.mrmlScene = slicer.vtkMRMLScene()
     volume = Volume(np.ones((3, 4, 5), np.float32), Volume.matrix_from((0, 0, 0), (1, 1, 1), np.eye(3)))
@@ -122,7 +122,7 @@ def test_a_confidence_node_that_cannot_be_linked_is_not_left_behind():
 def test_result_node_is_filed_in_the_input_study_for_dicom_export():
     """Slicer's DICOM export takes patient and study from the node's parents in the subject hierarchy."""
     slicer = pytest.importorskip("slicer")
-    from SR4ZCTLib.mrml import node_from_volume, place_beside
+    from SR4ZCTLib.mrml.nodes import node_from_volume, place_beside
 
     scene = slicer.mrmlScene = slicer.vtkMRMLScene()
     hierarchy = slicer.vtkMRMLSubjectHierarchyNode.ResolveSubjectHierarchy(scene)

@@ -8,10 +8,10 @@ import torch
 
 from SR4ZCTLib import Acquisition
 from SR4ZCTLib.cli import main
-from SR4ZCTLib.forward import ConsistencyProjection, thick_sampling_matrix
-from SR4ZCTLib.inference import interpolation_to_grid, project_onto_measurements
-from SR4ZCTLib.intensity import psnr
-from SR4ZCTLib.phantom import make_phantom
+from SR4ZCTLib.core.forward import ConsistencyProjection, thick_sampling_matrix
+from SR4ZCTLib.core.inference import interpolation_to_grid, project_onto_measurements
+from SR4ZCTLib.core.intensity import psnr
+from SR4ZCTLib.core.phantom import make_phantom
 
 RATIOS = (0.75, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0)  # thickness / increment
 
@@ -114,7 +114,7 @@ def test_consistency_lambda_outside_its_documented_range_is_refused(tmp_path, ca
 
 def test_the_slicer_job_passes_the_projection_settings_the_cli_accepts():
     from SR4ZCTLib.cli import build_parser
-    from SR4ZCTLib.job import EnhanceRequest
+    from SR4ZCTLib.mrml.job import EnhanceRequest
 
     arguments = EnhanceRequest(consistency="off", consistency_lambda=0.2).arguments(3.0, 1.5)
     parsed = build_parser().parse_args(["enhance", "in.nrrd", "-o", "out.nrrd", *arguments])

@@ -13,9 +13,9 @@ import numpy as np
 import pydicom
 import pytest
 
-from SR4ZCTLib.dicom_out import read_source_series, write_dicom_series
-from SR4ZCTLib.volume import Volume
-from SR4ZCTLib.volume_io import read_volume, write_volume
+from SR4ZCTLib.io.dicom_write import read_source_series, write_dicom_series
+from SR4ZCTLib.core.volume import Volume
+from SR4ZCTLib.io.volumes import read_volume, write_volume
 
 from conftest import CHEST_DICOM, needs_shared, oblique_matrix, run_cli, stacked_positions, write_dicom_series as write_source
 

@@ -9,12 +9,12 @@ import torch.nn.functional as F
 
 from SR4ZCTLib import Acquisition, InputError
 from SR4ZCTLib.enhance import EnhanceOptions, TrainedModel, enhance, linear_baseline
-from SR4ZCTLib.forward import simulate_thick_slices
-from SR4ZCTLib.intensity import psnr
-from SR4ZCTLib.networks import MSDNet, ResidualCNN
-from SR4ZCTLib.phantom import make_phantom
+from SR4ZCTLib.core.forward import simulate_thick_slices
+from SR4ZCTLib.core.intensity import psnr
+from SR4ZCTLib.core.networks import MSDNet, ResidualCNN
+from SR4ZCTLib.core.phantom import make_phantom
 from SR4ZCTLib.progress import Reporter
-from SR4ZCTLib.volume import Volume, read_through_plane_geometry
+from SR4ZCTLib.core.volume import Volume, read_through_plane_geometry
 
 from conftest import oblique_matrix
 

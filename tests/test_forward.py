@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from SR4ZCTLib import Acquisition, InputError
-from SR4ZCTLib.forward import (
+from SR4ZCTLib.core.forward import (
     apply_along_axis,
     degradation_matrix,
     degradation_operators,

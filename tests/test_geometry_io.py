@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from SR4ZCTLib import InputError
-from SR4ZCTLib.volume import Volume, enhanced_matrix, read_through_plane_geometry
-from SR4ZCTLib.volume_io import read_volume, write_volume
+from SR4ZCTLib.core.volume import Volume, enhanced_matrix, read_through_plane_geometry
+from SR4ZCTLib.io.volumes import read_volume, write_volume
 
 from conftest import CHEST_DICOM, needs_shared, oblique_matrix, stacked_positions, write_dicom_series
 

@@ -15,8 +15,8 @@ slicer = pytest.importorskip("slicer")
 import slicer.util  # noqa: E402
 
 from SR4ZCTLib import Cancelled, InputError  # noqa: E402
-from SR4ZCTLib.job import EnhanceJob, EnhanceRequest, JobState  # noqa: E402
-from SR4ZCTLib.mrml import (  # noqa: E402
+from SR4ZCTLib.mrml.job import EnhanceJob, EnhanceRequest, JobState  # noqa: E402
+from SR4ZCTLib.mrml.nodes import (  # noqa: E402
     dicom_slice_thickness,
     ijk_to_ras,
     node_from_volume,
@@ -25,7 +25,7 @@ from SR4ZCTLib.mrml import (  # noqa: E402
     volume_from_node,
     write_node,
 )
-from SR4ZCTLib.volume import Volume, enhanced_matrix  # noqa: E402
+from SR4ZCTLib.core.volume import Volume, enhanced_matrix  # noqa: E402
 
 from conftest import oblique_matrix  # noqa: E402
 

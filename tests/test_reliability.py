@@ -19,18 +19,20 @@ import numpy as np
 import pytest
 import torch
 
+import SR4ZCTLib
+import SR4ZCTLib.cli.main
 from SR4ZCTLib import cli
-from SR4ZCTLib.acquisition import Acquisition
+from SR4ZCTLib.core.acquisition import Acquisition
 from SR4ZCTLib.enhance import TrainedModel
 from SR4ZCTLib.errors import InputError
-from SR4ZCTLib.intensity import Normalisation
-from SR4ZCTLib.networks import build_network
-from SR4ZCTLib.volume import Volume
-from SR4ZCTLib.volume_io import read_volume, write_volume
+from SR4ZCTLib.core.intensity import Normalisation
+from SR4ZCTLib.core.networks import build_network
+from SR4ZCTLib.core.volume import Volume
+from SR4ZCTLib.io.volumes import read_volume, write_volume
 
 from conftest import stacked_positions, write_dicom_series
 
-LIBRARY = str(Path(cli.__file__).resolve().parents[1])  # the SR4ZCTLib under test, for subprocesses
+LIBRARY = str(Path(SR4ZCTLib.__file__).resolve().parents[1])  # the folder holding the SR4ZCTLib under test
 MATRIX = Volume.matrix_from((1.0, -2.0, 3.0), (0.7, 0.7, 2.5), np.eye(3))
 FAST = ["--iterations", "2", "--device", "cpu", "--thickness", "2.5"]
 
@@ -195,8 +197,8 @@ def test_output_paths_are_refused_before_any_work(tmp_path, dicom, capsys, monke
 
 # ---- row 5: two runs to the same output: exactly one publishes -------------------------------------------------------
 def test_racing_runs_publish_exactly_once(tmp_path, small_ct):
-    from SR4ZCTLib.publish import OutputPlan, Publication
-    from SR4ZCTLib.volume_io import stage_volume
+    from SR4ZCTLib.io.publish import OutputPlan, Publication
+    from SR4ZCTLib.io.volumes import stage_volume
 
     target = tmp_path / "o.nrrd"
     plans = [OutputPlan(None), OutputPlan(None)]
@@ -453,7 +455,7 @@ def test_stale_partial_files_of_dead_runs_are_removed(tmp_path, ct, capsys):
     code, _, err = run_cli(["enhance", ct, "-o", tmp_path / "o.nrrd", "--progress", "none", *FAST], capsys)
     assert code == 0, err
     assert not stale.exists() and f"removed {stale}" in err
-    from SR4ZCTLib.publish import partial_name
+    from SR4ZCTLib.io.publish import partial_name
 
     assert re.fullmatch(rf"\.o\.nii\.gz\.sr4zct-{os.getpid()}-\d+\.partial\.nii\.gz", partial_name(tmp_path / "o.nii.gz").name)
 
@@ -490,14 +492,14 @@ def test_progress_json_is_strict_with_warnings_as_objects(tmp_path, ct, capsys):
     assert events[-1]["stage"] == "done"
     from SR4ZCTLib.progress import Progress
 
-    cli._ProgressPrinter("json")(Progress("training", 0.5, "x", {"loss": float("nan"), "psnr": float("inf")}))
+    cli.main._ProgressPrinter("json")(Progress("training", 0.5, "x", {"loss": float("nan"), "psnr": float("inf")}))
     event = json.loads(capsys.readouterr().err, parse_constant=_no_constants)
     assert event["metrics"] == {"loss": None, "psnr": None}
 
 
 def test_worker_json_warnings_reach_the_slicer_log():
     pytest.importorskip("slicer")
-    from SR4ZCTLib.job import EnhanceJob, EnhanceRequest
+    from SR4ZCTLib.mrml.job import EnhanceJob, EnhanceRequest
 
     class Node:
         def GetName(self):
@@ -549,7 +551,7 @@ def node(small_ct):
     slicer = pytest.importorskip("slicer")
     import slicer.util
 
-    from SR4ZCTLib.mrml import set_ijk_to_ras
+    from SR4ZCTLib.mrml.nodes import set_ijk_to_ras
 
     slicer.mrmlScene = slicer.vtkMRMLScene()
     volume_node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "CT")
@@ -581,7 +583,7 @@ JOB_CASES = [_job_existing_model, _job_bad_model, _job_absurd_target, _job_absur
 
 @pytest.mark.parametrize("case", JOB_CASES, ids=[c.__name__ for c in JOB_CASES])
 def test_worker_path_refuses_with_the_same_message(tmp_path, node, case):
-    from SR4ZCTLib.job import EnhanceJob, EnhanceRequest
+    from SR4ZCTLib.mrml.job import EnhanceJob, EnhanceRequest
 
     options, message = case(tmp_path)
     scene = node.GetScene()

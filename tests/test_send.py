@@ -20,7 +20,7 @@ import pydicom
 import pytest
 
 from SR4ZCTLib.errors import InputError
-from SR4ZCTLib.send import parse_destination
+from SR4ZCTLib.io.send import parse_destination
 
 from conftest import run_cli, stacked_positions, write_dicom_series
 

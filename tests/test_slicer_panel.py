@@ -15,7 +15,7 @@ slicer = pytest.importorskip("slicer")
 import slicer.util  # noqa: E402
 
 import slicer_panel_model as model  # noqa: E402
-from SR4ZCTLib.mrml import ijk_to_ras  # noqa: E402
+from SR4ZCTLib.mrml.nodes import ijk_to_ras  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not model.SLICER_PYTHON.is_dir(),
                                 reason=f"{model.SLICER_PYTHON} (Slicer's parameterNodeWrapper, shared) not present")
@@ -264,8 +264,8 @@ def test_apply_with_the_confidence_map_adds_it_over_the_result(SR4ZCT):
 
 
 def test_a_rerun_into_the_same_output_shows_its_latest_confidence_map(SR4ZCT):
-    from SR4ZCTLib.mrml import add_confidence_node, volume_from_node
-    from SR4ZCTLib.volume import Volume
+    from SR4ZCTLib.mrml.nodes import add_confidence_node, volume_from_node
+    from SR4ZCTLib.core.volume import Volume
 
     ct, result = add_volume("CT"), add_volume("CT SR4ZCT")
     model.open_main_window(slicer.mrmlScene)

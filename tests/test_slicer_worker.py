@@ -18,9 +18,9 @@ slicer = pytest.importorskip("slicer")
 import slicer.util  # noqa: E402
 
 from SR4ZCTLib import InputError  # noqa: E402
-from SR4ZCTLib.job import EnhanceJob, EnhanceRequest, JobState  # noqa: E402
-from SR4ZCTLib.mrml import ijk_to_ras, set_ijk_to_ras, slicer_dicom_lookup  # noqa: E402
-from SR4ZCTLib.volume import Volume  # noqa: E402
+from SR4ZCTLib.mrml.job import EnhanceJob, EnhanceRequest, JobState  # noqa: E402
+from SR4ZCTLib.mrml.nodes import ijk_to_ras, set_ijk_to_ras, slicer_dicom_lookup  # noqa: E402
+from SR4ZCTLib.core.volume import Volume  # noqa: E402
 
 from slicer_panel_model import DicomDatabase, MODULE_DIR, ROOT  # noqa: E402
 
@@ -141,7 +141,7 @@ def run_without(packages: str, args: list[str], cwd) -> subprocess.CompletedProc
 def test_available_memory_is_known_without_psutil(tmp_path):
     import psutil
 
-    result = run_without("psutil", ["-c", "from SR4ZCTLib.memory import available_memory_bytes as a; print(a())"],
+    result = run_without("psutil", ["-c", "from SR4ZCTLib.core.memory import available_memory_bytes as a; print(a())"],
                          tmp_path)
     assert result.returncode == 0, result.stderr
     assert int(result.stdout) == pytest.approx(psutil.virtual_memory().available, rel=0.25)

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from SR4ZCTLib import Acquisition
-from SR4ZCTLib.intensity import Normalisation
-from SR4ZCTLib.networks import build_network
-from SR4ZCTLib.training import PairSampler, preset, split_validation_slab, train_network, training_views
+from SR4ZCTLib.core.intensity import Normalisation
+from SR4ZCTLib.core.networks import build_network
+from SR4ZCTLib.core.training import PairSampler, preset, split_validation_slab, train_network, training_views
 
 
 def _width_px(bank: torch.Tensor) -> float:

@@ -5,7 +5,7 @@ command line both drive it. See Shi, Pelt & Batenburg, MLMI 2023.
 """
 
 from .errors import Cancelled, InputError
-from .acquisition import Acquisition
+from .core.acquisition import Acquisition
 
 __version__ = "0.1.0"
 

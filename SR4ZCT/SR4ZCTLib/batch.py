@@ -188,10 +188,10 @@ def _enhance_one(series: Series, out: Path, settings: Settings, device: str, thr
     import torch
 
     from .enhance import EnhanceOptions, enhance
-    from .publish import write_text
+    from .io.publish import write_text
     from .report import strict_json
-    from .volume import read_through_plane_geometry
-    from .volume_io import read_volume, write_volume
+    from .core.volume import read_through_plane_geometry
+    from .io.volumes import read_volume, write_volume
 
     torch.set_num_threads(max(1, threads))
     key = task_key(series, settings)
@@ -303,7 +303,7 @@ def _close(bar) -> None:
 
 def write_summary(out: Path, rows: list[dict]) -> tuple[Path, Path]:
     """summary.csv and summary.json in out, each verified and published atomically."""
-    from .publish import write_text
+    from .io.publish import write_text
     from .report import strict_json
 
     table = io.StringIO(newline="")

@@ -10,18 +10,18 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from .acquisition import Acquisition
-from .confidence import PassDifference, confidence_volume
-from .device import resolve_device
+from .core.acquisition import Acquisition
+from .core.confidence import PassDifference, confidence_volume
+from .core.device import resolve_device
 from .errors import InputError
-from .forward import CONSISTENCY_LAMBDA, CONSISTENCY_LAMBDA_RANGE
-from .inference import VIEWS, enhance_stack, resample_along_axis0
-from .intensity import Normalisation, check_intensities
-from .memory import check_memory, estimate_memory_bytes, fine_grid_size
-from .networks import build_network
+from .core.forward import CONSISTENCY_LAMBDA, CONSISTENCY_LAMBDA_RANGE
+from .core.inference import VIEWS, enhance_stack, resample_along_axis0
+from .core.intensity import Normalisation, check_intensities
+from .core.memory import check_memory, estimate_memory_bytes, fine_grid_size
+from .core.networks import build_network
 from .progress import Reporter
-from .training import PRESETS, preset, train_network
-from .volume import ThroughPlaneGeometry, Volume, enhanced_matrix
+from .core.training import PRESETS, preset, train_network
+from .core.volume import ThroughPlaneGeometry, Volume, enhanced_matrix
 from .limits import check_range, default_threads
 
 MODEL_FORMAT = "sr4zct-model-1"
@@ -87,7 +87,7 @@ class TrainedModel:
 
     def save(self, path: str | Path, overwrite: bool = False) -> Path:
         """Write, verify and publish (no clobber unless overwrite)."""
-        from .publish import write_alone
+        from .io.publish import write_alone
 
         return write_alone(path, overwrite, self.stage)[0]
 

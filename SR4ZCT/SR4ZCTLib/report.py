@@ -9,8 +9,8 @@ from typing import Optional
 
 import numpy as np
 
-from .forward import linear_interpolation_matrix
-from .volume import ThroughPlaneGeometry, Volume
+from .core.forward import linear_interpolation_matrix
+from .core.volume import ThroughPlaneGeometry, Volume
 
 DISPLAY_WINDOW_HU = (-1000.0, 600.0)
 CONFIDENCE_FLOOR = 0.1  # disagreement below this fraction of the top value is left uncoloured

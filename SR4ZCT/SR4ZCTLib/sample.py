@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .volume import Volume
-from .volume_io import read_volume
+from .core.volume import Volume
+from .io.volumes import read_volume
 
 SAMPLE_PATH = Path(__file__).with_name("data") / "chest_ct_5mm_crop.nrrd"
 

@@ -18,7 +18,7 @@ from .acquisition import Acquisition
 from .device import free_cuda_memory, is_out_of_memory
 from .forward import ConsistencyProjection, linear_interpolation_matrix
 from .memory import fine_grid_size
-from .progress import Reporter
+from ..progress import Reporter
 
 VIEWS = ("coronal", "sagittal")
 

@@ -18,7 +18,7 @@ from typing import BinaryIO, Callable, Optional
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 
 CHUNK = 1 << 20
 NRRD_TYPE_BYTES = {

@@ -27,15 +27,15 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .errors import Cancelled, InputError
-from .intensity import check_intensities
-from .memory import check_memory, estimate_memory_bytes
-from .mrml import DicomValueLookup, add_confidence_node, lps_to_ras, node_from_volume, volume_from_node, write_node
-from .progress import Progress
-from .volume import AXIS_NAMES, read_through_plane_geometry
-from .volume_io import read_volume
+from ..errors import Cancelled, InputError
+from ..core.intensity import check_intensities
+from ..core.memory import check_memory, estimate_memory_bytes
+from .nodes import DicomValueLookup, add_confidence_node, lps_to_ras, node_from_volume, volume_from_node, write_node
+from ..progress import Progress
+from ..core.volume import AXIS_NAMES, read_through_plane_geometry
+from ..io.volumes import read_volume
 
-LIBRARY_PARENT = str(Path(__file__).resolve().parent.parent)  # the folder holding SR4ZCTLib
+LIBRARY_PARENT = str(Path(__file__).resolve().parents[2])  # the folder holding SR4ZCTLib
 CONFIDENCE_FILE = "confidence.nrrd"  # in the job's temporary folder
 
 

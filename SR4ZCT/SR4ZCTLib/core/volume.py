@@ -14,7 +14,7 @@ from typing import Optional
 import numpy as np
 
 from .acquisition import Acquisition
-from .errors import InputError
+from ..errors import InputError
 
 AXIS_NAMES = ("i", "j", "k")
 ORTHOGONALITY_TOLERANCE = 1e-3  # cosine between axes above which a grid counts as sheared

@@ -19,8 +19,8 @@ from typing import Optional
 
 import numpy as np
 
-from .errors import InputError
-from .volume import Volume
+from ..errors import InputError
+from ..core.volume import Volume
 
 GEOMETRY_TOLERANCE_MM = 1e-3
 PATIENT_STUDY_TAGS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "PatientAge", "StudyInstanceUID",
@@ -78,7 +78,7 @@ def _along_normal(header) -> float:
 def is_dicom_output(path: str | os.PathLike, fmt: Optional[str]) -> bool:
     """DICOM when asked for, or when the output is a folder (an existing one, or a name without any suffix) not named
     as a volume file (a folder called o.nrrd is refused as a volume output, never filled with a series)."""
-    from .volume_io import OUTPUT_SUFFIXES
+    from .volumes import OUTPUT_SUFFIXES
 
     path = Path(path)
     if fmt is not None:
@@ -111,7 +111,7 @@ def check_dicom_output(output: str | os.PathLike, inputs: list[str | os.PathLike
 
 def source_for(input_path: str | os.PathLike, template: Optional[str]) -> SourceSeries:
     """The series the output copies from: the DICOM input itself, else the template; refuses neither."""
-    from .volume_io import _suffix
+    from .volumes import _suffix
 
     path = Path(input_path)
     if path.is_dir() or _suffix(path) == ".dcm":
@@ -156,7 +156,7 @@ def derived_series(volume: Volume, axis: int, source: SourceSeries, input_name: 
     from pydicom.sequence import Sequence
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-    from . import __version__
+    from .. import __version__
 
     images, matrix, _ = dicom_layout(volume, axis)
     slope, intercept = rescale_for(images)
@@ -312,7 +312,7 @@ def _publish_folder(staging: Path, folder: Path, overwrite: bool) -> None:
 
 def verify_dicom_series(folder: Path, volume: Volume, axis: int, count: int) -> None:
     """Read the written series back: file count, geometry within 1e-3 mm and voxels equal, or raise."""
-    from .volume_io import read_dicom_series
+    from .volumes import read_dicom_series
 
     files = [p for p in folder.iterdir() if p.suffix == ".dcm"]
     if len(files) != count:

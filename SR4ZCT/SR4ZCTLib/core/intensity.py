@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 
 HU_SCALE = 1000.0
 CT_RANGE_HU = (-4096.0, 32767.0)  # what a CT volume in HU can hold, outside-FOV padding and metal included

@@ -23,11 +23,11 @@ from torch import nn
 
 from .acquisition import Acquisition
 from .device import free_cuda_memory, is_out_of_memory
-from .errors import InputError
+from ..errors import InputError
 from .forward import degradation_matrix
 from .intensity import PSNR_WINDOW_HU, Normalisation
 from .networks import build_network
-from .progress import Reporter
+from ..progress import Reporter
 
 
 VALIDATION_TASK = ("in-plane stand-in: held-out axial images degraded along an in-plane axis by the through-plane "

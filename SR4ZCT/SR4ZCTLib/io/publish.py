@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
-from .errors import InputError, ResourceError
+from ..errors import InputError, ResourceError
 
 PARTIAL_PATTERN = re.compile(r"^\.(?P<name>.+)\.sr4zct-(?P<pid>\d+)-\d+\.partial(?P<ext>.*)$")
 SPACE_MARGIN_BYTES = 16 * 2**20  # leave this much free beyond the estimate
@@ -77,7 +77,7 @@ def input_files(source: Path) -> tuple[list[Path], Optional[Path]]:
     files = [source]
     header = source.name.lower()
     if header.endswith((".nhdr", ".mhd")) and source.is_file():
-        from .volume_files import _read_text_header  # the detached data file is part of the input too
+        from .checks import _read_text_header  # the detached data file is part of the input too
 
         fields, _ = _read_text_header(source, ":" if header.endswith(".nhdr") else "=")
         name = fields.get("data file", fields.get("datafile", fields.get("elementdatafile")))

@@ -12,8 +12,8 @@ from typing import Optional
 
 import numpy as np
 
-from .errors import InputError
-from .volume import Volume, check_volume_shape
+from ..errors import InputError
+from ..core.volume import Volume, check_volume_shape
 
 VOLUME_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
 OUTPUT_SUFFIXES = (".nrrd", ".nii", ".nii.gz", ".mha")
@@ -55,7 +55,7 @@ def read_image_file(path: Path, allow_external_data: bool = False) -> Volume:
     """A NRRD/NIfTI/MetaImage file as it is (any shape), after the strict size and decompression checks."""
     import SimpleITK as sitk
 
-    from .volume_files import check_volume_file, qform_sform_note
+    from .checks import check_volume_file, qform_sform_note
 
     path = Path(path)
     check_volume_file(path, allow_external_data)

@@ -19,13 +19,13 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .acquisition import PROFILES, Acquisition
-from .batch import add_batch_command
+from ..core.acquisition import PROFILES, Acquisition
+from ..batch import add_batch_command
 from .clinic import add_enhance_arguments, check_enhance_outputs, send_result, write_dicom_result
-from .errors import Cancelled, InputError, ResourceError
-from .limits import RANGES, check_range
-from .progress import Progress, Reporter
-from .send import add_send_command
+from ..errors import Cancelled, InputError, ResourceError
+from ..limits import RANGES, check_range
+from ..progress import Progress, Reporter
+from ..io.send import add_send_command
 
 EXIT_ERROR = 2
 EXIT_CANCELLED = 130
@@ -65,7 +65,7 @@ def _add_volume_input(parser: argparse.ArgumentParser) -> None:
 
 
 def _consistency_lambda(text: str) -> float:
-    from .forward import CONSISTENCY_LAMBDA_RANGE
+    from ..core.forward import CONSISTENCY_LAMBDA_RANGE
 
     low, high = CONSISTENCY_LAMBDA_RANGE
     try:
@@ -135,7 +135,7 @@ def _add_acquisition_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    from .forward import CONSISTENCY_LAMBDA, CONSISTENCY_LAMBDA_RANGE
+    from ..core.forward import CONSISTENCY_LAMBDA, CONSISTENCY_LAMBDA_RANGE
 
     parser.add_argument("--preset", choices=("fast", "paper"), default="fast")
     parser.add_argument("--iterations", type=_number("iterations", int),
@@ -194,7 +194,7 @@ class _ProgressPrinter:
 
 def _json_line(event: dict) -> None:
     """One standard JSON object on stderr: NaN and infinities become null."""
-    from .report import strict_json
+    from ..report import strict_json
 
     sys.stderr.write(json.dumps(strict_json(event), allow_nan=False) + "\n")
     sys.stderr.flush()
@@ -212,8 +212,8 @@ def _warn(notes: list[str]) -> None:
 
 
 def _read_geometry(args):
-    from .volume import AXIS_NAMES, read_through_plane_geometry
-    from .volume_io import read_volume
+    from ..core.volume import AXIS_NAMES, read_through_plane_geometry
+    from ..io.volumes import read_volume
 
     volume = read_volume(args.input, args.allow_external_data)
     axis = getattr(args, "axis", None)
@@ -238,7 +238,7 @@ def _info(args) -> int:
 
 
 def _run_options(args):
-    from .enhance import EnhanceOptions
+    from ..enhance import EnhanceOptions
 
     return EnhanceOptions(preset=args.preset, iterations=args.iterations, device=args.device, seed=args.seed,
                           consistency=None if args.consistency is None else args.consistency == "on",
@@ -249,9 +249,9 @@ def _run_options(args):
 
 def _plan_outputs(args, output: str, report_folder: Optional[str]):
     """Check every output path of an enhance run before any work (publish.OutputPlan)."""
-    from .publish import OutputPlan
-    from .report import REPORT_FILES
-    from .volume_io import OUTPUT_SUFFIXES
+    from ..io.publish import OutputPlan
+    from ..report import REPORT_FILES
+    from ..io.volumes import OUTPUT_SUFFIXES
 
     plan = OutputPlan(Path(args.input) if getattr(args, "input", None) else None, args.overwrite)
     if getattr(args, "dicom", False):
@@ -270,10 +270,10 @@ def _plan_outputs(args, output: str, report_folder: Optional[str]):
 
 def _check_space(plan, volume, geometry, args) -> None:
     """Refuse before training when the outputs (volume, model, report) would not fit on their disks."""
-    from .enhance import check_target_spacing
-    from .memory import fine_grid_size
-    from .networks import build_network, parameter_count
-    from .training import preset
+    from ..enhance import check_target_spacing
+    from ..core.memory import fine_grid_size
+    from ..core.networks import build_network, parameter_count
+    from ..core.training import preset
 
     grid = min(geometry.in_plane_spacing_mm)
     target = check_target_spacing(getattr(args, "target_spacing", None), grid, geometry.acquisition.increment_mm)
@@ -288,8 +288,8 @@ def _check_space(plan, volume, geometry, args) -> None:
 
 def _stage_all(publication, volume, geometry, result, output: Path, args, report_folder: Optional[str]) -> None:
     """Stage and verify every file artefact; a DICOM series is written last, into its own verified staging folder."""
-    from .report import stage_report
-    from .volume_io import stage_volume
+    from ..report import stage_report
+    from ..io.volumes import stage_volume
 
     if not getattr(args, "dicom", False):
         stage_volume(publication, result.volume, output)
@@ -305,8 +305,8 @@ def _stage_all(publication, volume, geometry, result, output: Path, args, report
 
 
 def _run_enhance(volume, geometry, notes, output: Path, args, report_folder: Optional[str], plan, model=None) -> dict:
-    from .enhance import enhance
-    from .publish import Publication
+    from ..enhance import enhance
+    from ..io.publish import Publication
 
     _warn(notes)
     printer = _ProgressPrinter(args.progress)
@@ -341,7 +341,7 @@ def _print_summary(metrics: dict, output: Path) -> None:
 
 
 def _enhance(args) -> int:
-    from .enhance import TrainedModel
+    from ..enhance import TrainedModel
 
     output = check_enhance_outputs(args)
     plan = _plan_outputs(args, output, args.report)
@@ -354,11 +354,11 @@ def _enhance(args) -> int:
 
 
 def _simulate(args) -> int:
-    from .enhance import to_output_type
-    from .forward import simulate_thick_slices
-    from .publish import OutputPlan, Publication
-    from .volume import AXIS_NAMES, Volume, check_orthogonal, check_volume_shape
-    from .volume_io import OUTPUT_SUFFIXES, read_volume, stage_volume
+    from ..enhance import to_output_type
+    from ..core.forward import simulate_thick_slices
+    from ..io.publish import OutputPlan, Publication
+    from ..core.volume import AXIS_NAMES, Volume, check_orthogonal, check_volume_shape
+    from ..io.volumes import OUTPUT_SUFFIXES, read_volume, stage_volume
 
     plan = OutputPlan(Path(args.input), args.overwrite)
     output = plan.add("-o", args.output, OUTPUT_SUFFIXES)
@@ -389,8 +389,8 @@ def _simulate(args) -> int:
 
 
 def _demo(args) -> int:
-    from .sample import load_sample, sample_info
-    from .volume import read_through_plane_geometry
+    from ..sample import load_sample, sample_info
+    from ..core.volume import read_through_plane_geometry
 
     folder = Path(args.out)
     if folder.exists() and not folder.is_dir():

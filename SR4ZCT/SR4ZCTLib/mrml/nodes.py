@@ -10,8 +10,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .errors import InputError
-from .volume import Volume, read_through_plane_geometry
+from ..errors import InputError
+from ..core.volume import Volume, read_through_plane_geometry
 
 RAS_FROM_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 SLICE_THICKNESS_TAG = "0018,0050"

@@ -14,7 +14,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .errors import InputError
+from ..errors import InputError
 from .inference import VIEWS, resample_along_axis0
 from .volume import Volume
 

@@ -6,7 +6,7 @@ import math
 import os
 from typing import Optional, Sequence
 
-from .errors import ResourceError
+from ..errors import ResourceError
 
 
 def fine_grid_size(n_slices: int, increment_mm: float, spacing_mm: float) -> int:

@@ -9,12 +9,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .errors import InputError
+from ..errors import InputError
 
 
 def add_enhance_arguments(parser: argparse.ArgumentParser) -> None:
     """--format, --dicom-template, --send, --calling-aet, --confidence."""
-    from .send import DEFAULT_CALLING_AET
+    from ..io.send import DEFAULT_CALLING_AET
 
     parser.add_argument("--format", choices=("volume", "dicom"),
                         help="output as one volume file or as a DICOM series folder (default: by the output name; "
@@ -32,8 +32,8 @@ def check_enhance_outputs(args) -> Path:
 
     File outputs (-o as a volume file, --confidence, --save-model, --report) are checked by publish.OutputPlan.
     """
-    from .dicom_out import check_dicom_output, is_dicom_output, source_for
-    from .send import check_calling_aet, parse_destination
+    from ..io.dicom_write import check_dicom_output, is_dicom_output, source_for
+    from ..io.send import check_calling_aet, parse_destination
 
     args.dicom = is_dicom_output(args.output, args.format)
     if args.dicom:
@@ -53,7 +53,7 @@ def check_enhance_outputs(args) -> Path:
 
 def write_dicom_result(result, geometry, output: Path, args) -> Path:
     """The enhanced volume as a verified DICOM series folder (file outputs are staged by the caller's publication)."""
-    from .dicom_out import write_dicom_series
+    from ..io.dicom_write import write_dicom_series
 
     return write_dicom_series(result.volume, geometry.axis, output, args.dicom_source, Path(args.input).name,
                               overwrite=args.overwrite)
@@ -61,7 +61,7 @@ def write_dicom_result(result, geometry, output: Path, args) -> Path:
 
 def send_result(output: Path, args) -> int:
     """Send the published DICOM output when --send was given; the files stay whatever happens."""
-    from .send import SendError, send_series
+    from ..io.send import SendError, send_series
 
     if not getattr(args, "send", None):
         return 0

@@ -6,8 +6,8 @@ import math
 import warnings
 from dataclasses import dataclass
 
-from .errors import InputError
-from .limits import RANGES
+from ..errors import InputError
+from ..limits import RANGES
 
 PROFILES = ("box", "gaussian")
 
