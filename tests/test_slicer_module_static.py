@@ -128,7 +128,7 @@ def test_requirements_are_what_the_slicer_path_imports_and_slicer_lacks():
     requirements = (MODULE / "Resources" / "requirements.txt").read_text()
     listed = {line.strip() for line in requirements.splitlines() if line.strip() and not line.startswith("#")}
     assert listed == {"scipy"}  # forward.py; numpy and SimpleITK ship with Slicer; psutil, tqdm, matplotlib optional
-    assert "from scipy" in (MODULE / "SR4ZCTLib" / "forward.py").read_text()
+    assert "from scipy" in (MODULE / "SR4ZCTLib" / "core" / "forward.py").read_text()
     install = SOURCE.index("slicer.util.pip_install(")
     assert "importlib.invalidate_caches()" in SOURCE[install:install + 200]
 
@@ -136,7 +136,8 @@ def test_requirements_are_what_the_slicer_path_imports_and_slicer_lacks():
 def test_panel_imports_no_torch_and_optional_packages_lazily():
     setup = SOURCE[SOURCE.index("    def setup(self)"):SOURCE.index("    def cleanup(self)")]
     assert "deviceDescription" not in setup and "import torch" not in setup
-    for name in ("memory.py", "job.py", "mrml.py", "progress.py", "cli.py", "report.py"):
+    for name in ("core/memory.py", "mrml/job.py", "mrml/nodes.py", "progress.py", "options.py", "metrics.py", "report.py",
+                 *(str(p.relative_to(MODULE / "SR4ZCTLib")) for p in sorted((MODULE / "SR4ZCTLib" / "cli").glob("*.py")))):
         tree = ast.parse((MODULE / "SR4ZCTLib" / name).read_text())
         top_level = {alias.name.split(".")[0] for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))
                      for alias in node.names} | {node.module.split(".")[0] for node in tree.body
@@ -146,5 +147,5 @@ def test_panel_imports_no_torch_and_optional_packages_lazily():
 
 def test_slicer_path_parses_as_python_3_9():
     # Slicer 5.6 ships Python 3.9 (5.8 and later: 3.12): the module and its library must not need newer syntax.
-    for path in [MODULE / "SR4ZCT.py", *sorted((MODULE / "SR4ZCTLib").glob("*.py"))]:
+    for path in [MODULE / "SR4ZCT.py", *sorted((MODULE / "SR4ZCTLib").rglob("*.py"))]:
         ast.parse(path.read_text(), filename=str(path), feature_version=(3, 9))

@@ -1,5 +1,5 @@
 """The `sr4zct` command line (argparse only): one module per command family, typed values, one `error:` line."""
 
-from .main import build_parser, main
+from .app import build_parser, main
 
 __all__ = ["build_parser", "main"]
