@@ -25,7 +25,7 @@ from slicer.parameterNodeWrapper import (
 
 from slicer import vtkMRMLScalarVolumeNode
 
-from SR4ZCTLib.limits import RANGES  # standard library only: safe before the requirements are installed
+from SR4ZCTLib.options import DEVICE_CHOICES, PRESET_NAMES, PROFILES, RANGES, panel_range  # standard library only
 
 
 #
@@ -59,6 +59,8 @@ Sample data: Lung-PET-CT-Dx (TCIA, CC BY 4.0).
 # SR4ZCTParameterNode
 #
 
+PANEL_RANGES = {"thicknessSpinBox": "thickness_mm", "incrementSpinBox": "increment_mm",  # spin box: RunOptions field
+                "targetSpacingSpinBox": "target_spacing_mm", "iterationsSpinBox": "iterations", "seedSpinBox": "seed"}
 THICKNESS_RANGE_MM = RANGES["thickness"]  # the engine's range; a DICOM thickness outside it is clamped, with a note
 MINIMUM_TORCH_VERSION = "2.1"
 CONFIDENCE_OPACITY = 0.4  # the confidence map over the result: the anatomy stays readable beneath it
@@ -86,14 +88,14 @@ class SR4ZCTParameterNode:
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
-    thicknessMm: Annotated[float, WithinRange(*THICKNESS_RANGE_MM)] = 1.0
-    incrementMm: Annotated[float, WithinRange(*THICKNESS_RANGE_MM)] = 1.0
-    profile: Annotated[str, Choice(["box", "gaussian"])] = "box"
-    preset: Annotated[str, Choice(["fast", "paper"])] = "fast"
-    device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
-    targetSpacingMm: Annotated[float, WithinRange(0.0, 10.0)] = 0.0
-    iterations: Annotated[int, WithinRange(0, 1000000)] = 0
-    seed: Annotated[int, WithinRange(0, 2147483647)] = 0
+    thicknessMm: Annotated[float, WithinRange(*panel_range("thickness_mm"))] = 1.0
+    incrementMm: Annotated[float, WithinRange(*panel_range("increment_mm"))] = 1.0
+    profile: Annotated[str, Choice(list(PROFILES))] = "box"
+    preset: Annotated[str, Choice(list(PRESET_NAMES))] = "fast"
+    device: Annotated[str, Choice(list(DEVICE_CHOICES))] = "auto"
+    targetSpacingMm: Annotated[float, WithinRange(*panel_range("target_spacing_mm"))] = 0.0
+    iterations: Annotated[int, WithinRange(*panel_range("iterations"))] = 0
+    seed: Annotated[float, WithinRange(*panel_range("seed"))] = 0
     outputVolume: vtkMRMLScalarVolumeNode
     acquisitionVolume: vtkMRMLScalarVolumeNode
     confidenceMap: bool = False
@@ -131,6 +133,10 @@ class SR4ZCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         # Set scene in MRML widgets (the .ui connects mrmlSceneChanged to each selector's setMRMLScene).
         uiWidget.setMRMLScene(slicer.mrmlScene)
+
+        # The spin boxes' limits are the engine's (SR4ZCTLib.options), 0 meaning "the default" where it has one.
+        for spinBox, option in PANEL_RANGES.items():
+            getattr(self.ui, spinBox).setRange(*panel_range(option))
 
         self.logic = SR4ZCTLogic()
 
@@ -321,7 +327,7 @@ class SR4ZCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 parameters.inputVolume, parameters.outputVolume,
                 thicknessMm=parameters.thicknessMm, incrementMm=parameters.incrementMm, profile=parameters.profile,
                 preset=parameters.preset, iterations=parameters.iterations or None,
-                targetSpacingMm=parameters.targetSpacingMm or None, device=parameters.device, seed=parameters.seed,
+                targetSpacingMm=parameters.targetSpacingMm or None, device=parameters.device, seed=int(parameters.seed),
                 confidence=parameters.confidenceMap, waitForCompletion=False, logCallback=logging.info,
             )
             self.ui.progressBar.setVisible(True)
@@ -353,8 +359,8 @@ class SR4ZCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = _("Done.")
             self.ui.metricsLabel.text = "\n".join(filter(None, [self.logic.describeMetrics(job.metrics),
                                                                 self.logic.describeConfidence(job.confidence_node)]))
-            if job.metrics.get("device"):
-                self.ui.deviceStatusLabel.text = _("{device} (last run)").format(device=job.metrics["device"])
+            if job.metrics is not None and job.metrics.device:
+                self.ui.deviceStatusLabel.text = _("{device} (last run)").format(device=job.metrics.device)
             self.logic.showSideBySide(job.input_node, job.result_node, job.confidence_node)
         elif state == "cancelled":
             self.ui.statusLabel.text = _("Cancelled: nothing was added.")
@@ -519,28 +525,30 @@ class SR4ZCTLogic(ScriptedLoadableModuleLogic):
         return acquisition
 
     # -- processing ----------------------------------------------------------------------------------------------
-    def process(self, inputVolume, outputVolume=None, thicknessMm: Optional[float] = None,
-                incrementMm: Optional[float] = None, profile: str = "box", preset: str = "fast",
-                iterations: Optional[int] = None, targetSpacingMm: Optional[float] = None, device: str = "auto",
-                seed: int = 0, confidence: bool = False, waitForCompletion: bool = True, progressCallback=None,
-                logCallback=None):
+    def process(self, inputVolume, outputVolume=None, confidence: bool = False, waitForCompletion: bool = True,
+                progressCallback=None, logCallback=None, **options):
         """Enhance inputVolume in a separate process (Slicer stays responsive).
 
-        :param thicknessMm, incrementMm: default: DICOM SliceThickness / the node's slice spacing.
+        :param options: the run options by their Slicer names, from SR4ZCTLib.options.RunOptions: thicknessMm,
+            incrementMm (default: DICOM SliceThickness / the node's slice spacing), profile, preset, iterations,
+            targetSpacingMm, device, seed, threads, consistency, consistencyLambda, allowNonHu, force, model,
+            saveModel. Absent or None: the default.
         :param confidence: also add the confidence map (coronal/sagittal disagreement, HU) as a second node,
             linked to the output (see confidenceNode).
         :param waitForCompletion: True returns the output node when done (console, tests);
             False returns the running job (poll(), cancel(), result_node) at once.
         :return: the output node, or the job. A failed or cancelled run adds no node.
         """
-        from SR4ZCTLib.mrml.job import EnhanceJob, EnhanceRequest
+        import dataclasses
+
+        from SR4ZCTLib.mrml.job import EnhanceJob
         from SR4ZCTLib.mrml.nodes import slicer_dicom_lookup
+        from SR4ZCTLib.options import RunOptions
 
         if not inputVolume:
             raise ValueError(_("Input volume is invalid"))
-        request = EnhanceRequest(thickness_mm=thicknessMm, increment_mm=incrementMm, profile=profile, preset=preset,
-                                 iterations=iterations, target_spacing_mm=targetSpacingMm, device=device, seed=seed,
-                                 confidence=confidence)
+        given = {name: value for name, value in options.items() if value is not None}
+        request = dataclasses.replace(RunOptions.from_slicer(**given), confidence=confidence)
         job = EnhanceJob(inputVolume, request, self.pythonExecutable(), output_node=outputVolume,
                         output_name=f"{inputVolume.GetName()} SR4ZCT", on_progress=progressCallback,
                         on_log=logCallback, lookup=slicer_dicom_lookup())
@@ -559,15 +567,14 @@ class SR4ZCTLogic(ScriptedLoadableModuleLogic):
         return shutil.which("PythonSlicer") or sys.executable
 
     @staticmethod
-    def describeMetrics(metrics: dict) -> str:
-        training = metrics.get("training", {})
-        if "validation_psnr_db" not in training:
+    def describeMetrics(metrics) -> str:
+        """The held-out figures, time and device of a finished run (SR4ZCTLib.metrics.RunMetrics), for the panel."""
+        if metrics is None or metrics.validation_psnr_db is None:
             return ""
-        timings = metrics.get("timings", {})
         return _("Held-out validation PSNR {psnr:.2f} dB (linear interpolation {linear:.2f} dB); "
-                 "{total:.0f} s on {device}").format(psnr=training["validation_psnr_db"],
-                                                   linear=training["validation_linear_psnr_db"],
-                                                   total=timings.get("total_s", 0.0), device=metrics.get("device", "?"))
+                 "{total:.0f} s on {device}").format(psnr=metrics.validation_psnr_db,
+                                                   linear=metrics.validation_linear_psnr_db,
+                                                   total=metrics.total_seconds, device=metrics.device or "?")
 
     @staticmethod
     def confidenceNode(outputVolume):

@@ -154,8 +154,8 @@ def run_sr4zct(thick: Volume, acquisition: Acquisition, preset: str, iterations=
     started = time.perf_counter()
     base = enhance(thick, geometry, EnhanceOptions(preset=preset, iterations=iterations, device=device, seed=seed,
                                                    consistency=False, force=True))
-    train_s = base.metrics["timings"]["training_s"]
-    variants = {"fused": (base.volume.array.astype(np.float32), base.metrics["timings"]["inference_s"])}
+    train_s = base.metrics.timings["training_s"]
+    variants = {"fused": (base.volume.array.astype(np.float32), base.metrics.timings["inference_s"])}
     for label, views, project in (("coronal only", ("coronal",), False), ("sagittal only", ("sagittal",), False),
                                   ("fused + consistency", ("coronal", "sagittal"), True)):
         start = time.perf_counter()

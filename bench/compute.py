@@ -62,11 +62,11 @@ def main() -> None:
                      reporter=Reporter(report))
     peak_rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     peak_gpu = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else float("nan")
-    timings, training = result.metrics["timings"], result.metrics["training"]
+    timings, training = result.metrics.timings, result.metrics.training
     full = total_iterations(preset(args.preset), len(split_validation_slab(args.slices)[0]))
     per_iteration = timings["training_s"] / training["iterations"]
     print(f"\n**{args.preset} preset on 512 x 512 x {args.slices} (3 mm every 1 mm) -> {result.volume.array.shape}; "
-          f"{result.metrics['device']}**\n")
+          f"{result.metrics.device}**\n")
     print("| preset | iterations | training s | inference s | total s | peak RSS GiB | peak GPU GiB | "
           "validation PSNR dB (linear) |")
     print("|---|---:|---:|---:|---:|---:|---:|---|")

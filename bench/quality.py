@@ -68,7 +68,7 @@ def main() -> None:
                 for preset in args.presets.split(","):
                     iterations = args.iterations if preset == "fast" else args.paper_iterations
                     base, train_s, variants = run_sr4zct(thick, acquisition, preset, iterations, args.device)
-                    label = f"SR4ZCT {preset} ({base.metrics['training']['iterations']} it)"
+                    label = f"SR4ZCT {preset} ({base.metrics.training['iterations']} it)"
                     for variant, (estimate, infer_s) in variants.items():
                         rows.append((f"{label} {variant}", score(estimate, truth, acquisition), train_s, infer_s))
                 title = (f"{truth.name}, thickness {thickness:g} mm, increment {increment:g} mm "

@@ -149,8 +149,8 @@ def main() -> None:
                                  time.perf_counter() - started))
             if args.train:
                 shipped, total_s, plain = sr4zct(thick, spacing, acquisition, args.iterations)
-                train_s = shipped.metrics["timings"]["training_s"]
-                infer_s = shipped.metrics["timings"]["inference_s"]
+                train_s = shipped.metrics.timings["training_s"]
+                infer_s = shipped.metrics.timings["inference_s"]
                 rows.append(("**SR4ZCT shipped default** (fast, projection on)",
                              measure(shipped.volume.array.astype(np.float32), truth, acquisition), train_s, infer_s))
                 rows.append(("SR4ZCT same model, projection off", measure(plain, truth, acquisition), train_s, infer_s))
@@ -158,7 +158,7 @@ def main() -> None:
                     rows.append((f"SR4ZCT unprojected + projection (lambda {lam:g})",
                                  measure(consistency(plain, thick, acquisition, spacing, lam), truth, acquisition),
                                  train_s, infer_s))
-                extra = {"enhance_s": total_s, "validation": shipped.metrics["training"].get("validation_psnr_db")}
+                extra = {"enhance_s": total_s, "validation": shipped.metrics.training.get("validation_psnr_db")}
             title = (f"{label}, {case} slices, thickness {thickness:g} mm every {increment:g} mm "
                      f"({thick.shape[0]} slices); PSNR on [-1024, 3071] HU, soft tissue [-160, 240] HU")
             print(table(title, rows))

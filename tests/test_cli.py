@@ -352,11 +352,11 @@ def test_cuda_out_of_memory_in_training_retries_smaller_then_cpu(monkeypatch):
 
     attempts = []
 
-    def fake_train(slices, spacing, acquisition, config, normalisation, device, seed, reporter):
-        attempts.append((device.type, config.batch_size))
-        if device.type == "cuda":
+    def fake_train(job, reporter):
+        attempts.append((job.device.type, job.config.batch_size))
+        if job.device.type == "cuda":
             raise torch.cuda.OutOfMemoryError("CUDA out of memory")
-        return training.TrainingResult(torch.nn.Identity(), {"device": str(device)})
+        return training.TrainingResult(torch.nn.Identity(), {"device": str(job.device)})
 
     monkeypatch.setattr(training, "_train", fake_train)
     config = training.preset("fast")

@@ -116,8 +116,9 @@ def test_the_slicer_job_passes_the_projection_settings_the_cli_accepts():
     from SR4ZCTLib.cli import build_parser
     from SR4ZCTLib.mrml.job import EnhanceRequest
 
-    arguments = EnhanceRequest(consistency="off", consistency_lambda=0.2).arguments(3.0, 1.5)
+    arguments = EnhanceRequest(3.0, 1.5, consistency=False, consistency_lambda=0.2).argv()
     parsed = build_parser().parse_args(["enhance", "in.nrrd", "-o", "out.nrrd", *arguments])
     assert parsed.consistency == "off" and parsed.consistency_lambda == 0.2
-    default = build_parser().parse_args(["enhance", "in.nrrd", "-o", "out.nrrd", *EnhanceRequest().arguments(3.0, 1.5)])
+    assert EnhanceRequest.from_values(vars(parsed)) == EnhanceRequest(3.0, 1.5, consistency=False, consistency_lambda=0.2)
+    default = build_parser().parse_args(["enhance", "in.nrrd", "-o", "out.nrrd", *EnhanceRequest(3.0, 1.5).argv()])
     assert default.consistency is None  # the preset's choice

@@ -13,7 +13,8 @@ import numpy as np
 import pydicom
 import pytest
 
-from SR4ZCTLib.io.dicom_write import read_source_series, write_dicom_series
+from SR4ZCTLib.io.dicom import read_source_series
+from SR4ZCTLib.io.dicom_write import write_dicom_series
 from SR4ZCTLib.core.volume import Volume
 from SR4ZCTLib.io.volumes import read_volume, write_volume
 

@@ -59,7 +59,7 @@ def test_enhance_beats_linear_interpolation_against_the_truth(phantom_case, trai
                         model=result.model).volume.array.astype(np.float32)
         view_gain = psnr(alone[inner], truth[inner]) - psnr(linear[inner], truth[inner])
         assert view_gain > 1.0, f"{view} pass only {view_gain:.2f} dB over linear"
-    assert result.metrics["training"]["validation_psnr_db"] > result.metrics["training"]["validation_linear_psnr_db"]
+    assert result.metrics.validation_psnr_db > result.metrics.validation_linear_psnr_db
     np.testing.assert_array_equal(volume.array, before)  # the input is never modified
 
 

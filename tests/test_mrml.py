@@ -127,7 +127,7 @@ def test_job_end_to_end_adds_exactly_one_node(scene, small_ct):
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), small_ct)
     np.testing.assert_allclose(ijk_to_ras(node), oblique_matrix())
     assert {p.stage for p in seen} >= {"training", "inference"}
-    assert "validation_psnr_db" in job.metrics["training"]
+    assert "validation_psnr_db" in job.metrics.training
     assert _leftover_job_folders() == before_folders
 
 

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 import SR4ZCTLib
-import SR4ZCTLib.cli.app
+import SR4ZCTLib.cli.common
 from SR4ZCTLib import cli
 from SR4ZCTLib.core.acquisition import Acquisition
 from SR4ZCTLib.enhance import TrainedModel
@@ -492,7 +492,7 @@ def test_progress_json_is_strict_with_warnings_as_objects(tmp_path, ct, capsys):
     assert events[-1]["stage"] == "done"
     from SR4ZCTLib.progress import Progress
 
-    SR4ZCTLib.cli.app._ProgressPrinter("json")(Progress("training", 0.5, "x", {"loss": float("nan"), "psnr": float("inf")}))
+    SR4ZCTLib.cli.common.Console("json")(Progress("training", 0.5, "x", {"loss": float("nan"), "psnr": float("inf")}))
     event = json.loads(capsys.readouterr().err, parse_constant=_no_constants)
     assert event["metrics"] == {"loss": None, "psnr": None}
 

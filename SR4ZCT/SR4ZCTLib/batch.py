@@ -3,7 +3,7 @@
 Manifest: a CSV with a header; columns `input` (required), `thickness`, `increment`, `output` (a
 name, default the input's); blank thickness/increment cells take --thickness/--increment, then the
 series' own DICOM SliceThickness and slice positions, as `enhance` does. Each row becomes one task that writes OUT/NAME.nrrd and
-OUT/NAME.metrics.json (atomically); a row whose output and metrics exist with the same settings
+OUT/NAME.metrics.json (atomically); a row whose output and metrics exist with the same options
 is skipped, so an interrupted batch resumes. A bad series fails alone: its error goes to the
 summary and the other tasks go on. GPUs are Dask worker resources: a task on CUDA asks for
 {"GPU": 1}, so each GPU runs one task at a time. Summary: OUT/summary.csv and OUT/summary.json.
@@ -20,11 +20,12 @@ import re
 import sys
 import time
 import uuid
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
 from .errors import InputError
+from .options import RunOptions
 
 SUMMARY_FIELDS = ("name", "input", "status", "seconds", "validation_psnr_db", "validation_linear_psnr_db", "output",
                   "error")
@@ -42,21 +43,6 @@ class Series:
     name: str
     thickness_mm: Optional[float]
     increment_mm: Optional[float]
-
-
-@dataclass(frozen=True)
-class Settings:
-    """What a result depends on besides its input; a stored result is reused only for the same settings."""
-
-    profile: str = "box"
-    preset: str = "fast"
-    iterations: Optional[int] = None
-    seed: int = 0
-    target_spacing_mm: Optional[float] = None
-    consistency: Optional[str] = None  # "on" or "off"; None: the preset's
-    consistency_lambda: Optional[float] = None  # None: the engine's default
-    allow_non_hu: bool = False
-    force: bool = False  # skip the memory check (does not change the result)
 
 
 def read_manifest(path: str | os.PathLike) -> list[Series]:
@@ -99,11 +85,10 @@ def read_manifest(path: str | os.PathLike) -> list[Series]:
 
 
 def _default_name(source: Path) -> str:
-    name = source.name
-    for suffix in (".nii.gz", ".nrrd", ".nhdr", ".nii", ".mha", ".mhd"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
+    from .io.volumes import volume_suffix
+
+    suffix = volume_suffix(source)
+    return source.name[: -len(suffix)] if suffix and source.name.lower().endswith(suffix) else source.name
 
 
 def _number(row: dict, key: str, path: Path, number: int) -> Optional[float]:
@@ -127,19 +112,24 @@ def input_identity(path: str) -> list:
     return [len(stats), sum(s.st_size for s in stats), max((s.st_mtime_ns for s in stats), default=0)]
 
 
-def task_key(series: Series, settings: Settings) -> dict:
+def series_options(series: Series, options: RunOptions) -> RunOptions:
+    """The run options of one row: its own thickness and increment where the manifest gives them."""
+    return replace(options, thickness_mm=series.thickness_mm or options.thickness_mm,
+                   increment_mm=series.increment_mm or options.increment_mm)
+
+
+def task_key(series: Series, options: RunOptions) -> dict:
     """Everything the stored result must match to be reused."""
     return {"input": series.input, "input_identity": input_identity(series.input) if Path(series.input).exists() else None,
-            "thickness_mm": series.thickness_mm, "increment_mm": series.increment_mm,
-            **{k: v for k, v in asdict(settings).items() if k != "force"}}
+            **{k: v for k, v in series_options(series, options).key().items() if k != "device"}}
 
 
 def result_paths(out: Path, series: Series) -> tuple[Path, Path]:
     return out / f"{series.name}.nrrd", out / f"{series.name}.metrics.json"
 
 
-def already_done(out: Path, series: Series, settings: Settings) -> Optional[dict]:
-    """The stored metrics when output and metrics exist with the same settings, else None."""
+def already_done(out: Path, series: Series, options: RunOptions) -> Optional[dict]:
+    """The stored metrics when output and metrics exist with the same options, else None."""
     output, metrics_path = result_paths(out, series)
     if not (output.is_file() and metrics_path.is_file()):
         return None
@@ -147,24 +137,28 @@ def already_done(out: Path, series: Series, settings: Settings) -> Optional[dict
         metrics = json.loads(metrics_path.read_text())
     except (OSError, ValueError):
         return None
-    return metrics if metrics.get("batch_key") == json.loads(json.dumps(task_key(series, settings))) else None
+    return metrics if metrics.get("batch_key") == json.loads(json.dumps(task_key(series, options))) else None
 
 
-def run_series(series: Series, out: str, settings: Settings, device: str, threads: int) -> dict:
+def summary_row(series: Series, status: str, out: Optional[Path] = None, training: Optional[dict] = None,
+                seconds: float = 0.0, error: str = "") -> dict:
+    """One line of summary.csv: the series, what happened, its held-out figures and output (or its error)."""
+    training = training or {}
+    return {"name": series.name, "input": series.input, "status": status, "seconds": round(seconds, 2),
+            "validation_psnr_db": training.get("validation_psnr_db"),
+            "validation_linear_psnr_db": training.get("validation_linear_psnr_db"),
+            "output": str(result_paths(out, series)[0]) if out is not None else "", "error": error}
+
+
+def run_series(series: Series, out: str, options: RunOptions, device: str, threads: int) -> dict:
     """One task (runs on a Dask worker): enhance one series and write its output and metrics; never raises."""
     started = time.perf_counter()
-    row = {"name": series.name, "input": series.input, "status": "failed", "seconds": 0.0,
-           "validation_psnr_db": None, "validation_linear_psnr_db": None, "output": "", "error": ""}
     try:
-        metrics = _enhance_one(series, Path(out), settings, _worker_device(device), threads)
-        training = metrics.get("training", {})
-        row.update(status="done", output=str(result_paths(Path(out), series)[0]),
-                   validation_psnr_db=training.get("validation_psnr_db"),
-                   validation_linear_psnr_db=training.get("validation_linear_psnr_db"))
+        metrics = _enhance_one(series, Path(out), options, _worker_device(device), threads)
+        return summary_row(series, "done", Path(out), metrics.training, time.perf_counter() - started)
     except Exception as error:  # one bad series fails alone, with its message in the summary
-        row["error"] = str(error) if isinstance(error, InputError) else f"{error.__class__.__name__}: {error}"
-    row["seconds"] = round(time.perf_counter() - started, 2)
-    return row
+        message = str(error) if isinstance(error, InputError) else f"{error.__class__.__name__}: {error}"
+        return summary_row(series, "failed", seconds=time.perf_counter() - started, error=message)
 
 
 def _worker_device(device: str) -> str:
@@ -184,53 +178,44 @@ def _worker_device(device: str) -> str:
     return device
 
 
-def _enhance_one(series: Series, out: Path, settings: Settings, device: str, threads: int) -> dict:
+def _enhance_one(series: Series, out: Path, options: RunOptions, device: str, threads: int):
+    """Enhance one series and publish OUT/NAME.nrrd and OUT/NAME.metrics.json; returns the run's metrics."""
     import torch
 
-    from .enhance import EnhanceOptions, enhance
-    from .io.publish import write_text
-    from .report import strict_json
     from .core.volume import read_through_plane_geometry
+    from .enhance import enhance
+    from .io.publish import write_text
     from .io.volumes import read_volume, write_volume
+    from .metrics import strict_json
 
     torch.set_num_threads(max(1, threads))
-    key = task_key(series, settings)
+    key = task_key(series, options)
+    options = replace(series_options(series, options), device=device, threads=max(1, threads))
     volume = read_volume(series.input)
-    geometry, notes = read_through_plane_geometry(volume, series.thickness_mm, series.increment_mm, settings.profile)
-    options = EnhanceOptions(preset=settings.preset, iterations=settings.iterations, device=device, seed=settings.seed,
-                             target_spacing_mm=settings.target_spacing_mm,
-                             consistency=None if settings.consistency is None else settings.consistency == "on",
-                             threads=max(1, threads), allow_non_hu=settings.allow_non_hu, force=settings.force)
-    if settings.consistency_lambda is not None:
-        options.consistency_lambda = settings.consistency_lambda
+    geometry, notes = read_through_plane_geometry(volume, options.thickness_mm, options.increment_mm, options.profile)
     result = enhance(volume, geometry, options)
     output, metrics_path = result_paths(out, series)
-    metrics = dict(result.metrics, warnings=notes, batch_key=key)
-    metrics["training"] = {k: v for k, v in metrics["training"].items() if k != "history"}
+    metrics = result.metrics.with_extra(warnings=notes, batch_key=key)
     write_volume(result.volume, output, overwrite=True)
-    write_text(metrics_path, json.dumps(strict_json(metrics), indent=2, allow_nan=False))
+    write_text(metrics_path, json.dumps(strict_json(metrics.stored()), indent=2, allow_nan=False))
     return metrics
 
 
-def run_batch(series: list[Series], out: Path, settings: Settings, device: str = "auto", workers: int = 1,
-              scheduler: Optional[str] = None, progress: str = "bar") -> list[dict]:
+def run_batch(series: list[Series], out: Path, options: RunOptions, workers: int = 1, scheduler: Optional[str] = None,
+              progress: str = "bar") -> list[dict]:
     """Skip finished rows, run the rest as Dask tasks, and return one summary row per series (manifest order)."""
     from distributed import Client, LocalCluster, as_completed
 
     summary: dict[int, dict] = {}
     todo = []
     for item in series:
-        done = already_done(out, item, settings)
+        done = already_done(out, item, options)
         if done is None:
             todo.append(item)
         else:
-            training = done.get("training", {})
-            summary[item.row] = {"name": item.name, "input": item.input, "status": "skipped", "seconds": 0.0,
-                                 "validation_psnr_db": training.get("validation_psnr_db"),
-                                 "validation_linear_psnr_db": training.get("validation_linear_psnr_db"),
-                                 "output": str(result_paths(out, item)[0]), "error": ""}
+            summary[item.row] = summary_row(item, "skipped", out, done.get("training"))
     if todo:
-        device = _batch_device(device)
+        device = _batch_device(options.device)
         resources = {GPU: 1} if device == "cuda" else None
         threads = max(1, (os.cpu_count() or 1) // max(1, workers))
         cluster = None
@@ -248,7 +233,7 @@ def run_batch(series: list[Series], out: Path, settings: Settings, device: str =
                              "(e.g. tcp://head:8786) and that the scheduler is running") from None
         try:
             run_id = uuid.uuid4().hex[:8]  # tasks of two batches on one cluster never share a key
-            futures = {client.submit(run_series, item, str(out), settings, device, threads, key=f"sr4zct-{item.name}-{run_id}",
+            futures = {client.submit(run_series, item, str(out), options, device, threads, key=f"sr4zct-{item.name}-{run_id}",
                                      resources=resources, pure=False): item for item in todo}
             bar = _bar(progress, len(series), len(series) - len(todo))
             for future in as_completed(futures):
@@ -256,9 +241,7 @@ def run_batch(series: list[Series], out: Path, settings: Settings, device: str =
                 try:
                     summary[item.row] = future.result()
                 except Exception as error:  # the worker died, or the task could not be run at all
-                    summary[item.row] = {"name": item.name, "input": item.input, "status": "failed", "seconds": 0.0,
-                                         "validation_psnr_db": None, "validation_linear_psnr_db": None, "output": "",
-                                         "error": f"{error.__class__.__name__}: {error}"}
+                    summary[item.row] = summary_row(item, "failed", error=f"{error.__class__.__name__}: {error}")
                 _tick(bar, progress, summary[item.row])
             _close(bar)
         finally:
@@ -304,7 +287,7 @@ def _close(bar) -> None:
 def write_summary(out: Path, rows: list[dict]) -> tuple[Path, Path]:
     """summary.csv and summary.json in out, each verified and published atomically."""
     from .io.publish import write_text
-    from .report import strict_json
+    from .metrics import strict_json
 
     table = io.StringIO(newline="")
     writer = csv.DictWriter(table, fieldnames=SUMMARY_FIELDS)
@@ -313,55 +296,3 @@ def write_summary(out: Path, rows: list[dict]) -> tuple[Path, Path]:
     csv_path = write_text(out / "summary.csv", table.getvalue())
     json_path = write_text(out / "summary.json", json.dumps(strict_json(rows), indent=2, allow_nan=False))
     return csv_path, json_path
-
-
-def add_batch_command(commands, *argument_groups) -> None:
-    """Register `sr4zct batch MANIFEST.csv --out DIR [--workers N] [--scheduler ADDRESS]` plus the run options.
-
-    argument_groups: functions adding the options `enhance` has (acquisition defaults, preset, device...).
-    """
-    batch = commands.add_parser("batch", help="enhance every series of a CSV manifest on Dask (resumable)")
-    batch.add_argument("manifest", help="CSV with a header: input,thickness,increment,output")
-    batch.add_argument("--out", required=True, help="folder for NAME.nrrd, NAME.metrics.json and the summary")
-    batch.add_argument("--workers", type=int, default=1, help="local Dask workers (default 1; with GPUs, one per GPU)")
-    batch.add_argument("--scheduler", help="address of a running Dask scheduler, e.g. tcp://head:8786")
-    batch.add_argument("--target-spacing", type=float, help="output slice spacing in mm (default: in-plane)")
-    for add in argument_groups:
-        add(batch)
-    batch.set_defaults(handler=_batch)
-
-
-def _batch(args) -> int:
-    if args.workers < 1:
-        raise InputError(f"--workers {args.workers}: give at least 1")
-    series = read_manifest(args.manifest)
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} is a file; give a folder")
-    if not out.resolve().parent.is_dir():
-        raise InputError(f"the parent of --out {out} does not exist; create it first")
-    for item in series:
-        if Path(item.input).resolve() in (out / f"{item.name}.nrrd").resolve().parents or \
-                Path(item.input).resolve() == (out / f"{item.name}.nrrd").resolve():
-            raise InputError(f"manifest line {item.row}: the output would be written into the input {item.input}; "
-                             "choose another --out")
-    created = not out.exists()
-    out.mkdir(exist_ok=True)
-    settings = Settings(args.profile, args.preset, args.iterations, args.seed, args.target_spacing, args.consistency,
-                        args.consistency_lambda, args.allow_non_hu, args.force)
-    series = [replace(item, thickness_mm=item.thickness_mm or args.thickness, increment_mm=item.increment_mm or
-                      args.increment) for item in series]  # --thickness/--increment: defaults for blank cells
-    try:
-        rows = run_batch(series, out, settings, args.device, args.workers, args.scheduler, args.progress)
-    except BaseException:
-        if created and not any(out.iterdir()):
-            out.rmdir()
-        raise
-    csv_path, _ = write_summary(out, rows)
-    counts = {status: sum(r["status"] == status for r in rows) for status in ("done", "skipped", "failed")}
-    print(f"{counts['done']} enhanced, {counts['skipped']} already done, {counts['failed']} failed; summary: {csv_path}")
-    if counts["failed"]:
-        first = next(r for r in rows if r["status"] == "failed")
-        raise InputError(f"{counts['failed']} of {len(rows)} series failed (first: {first['name']}: {first['error']}); "
-                         f"see {csv_path}")
-    return 0

@@ -6,6 +6,7 @@ Standard library only (the Slicer module reads a worker's figures with it). `to_
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Optional
 
@@ -90,3 +91,16 @@ class RunMetrics:
         elif self.reused_model is not None:
             line += f"; model reused from {self.reused_model} (no validation on this scan)"
         return line + f"; {self.total_seconds:.0f} s on {self.device}"
+
+
+def strict_json(value: Any) -> Any:
+    """value with NaN and infinities replaced by None, so that json.dumps(allow_nan=False) gives standard JSON."""
+    if isinstance(value, dict):
+        return {str(k): strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    if hasattr(value, "dtype") and hasattr(value, "item"):  # a numpy scalar
+        value = value.item()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    return value

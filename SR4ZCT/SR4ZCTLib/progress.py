@@ -8,9 +8,6 @@ from typing import Callable, Optional
 
 from .errors import Cancelled
 
-STAGES = ("reading", "pairs", "training", "inference", "consistency", "writing")
-
-
 @dataclass
 class Progress:
     """One step of a long job: the stage, how far it is (0..1), a message and figures so far."""

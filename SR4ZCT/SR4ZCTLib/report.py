@@ -11,6 +11,7 @@ import numpy as np
 
 from .core.forward import linear_interpolation_matrix
 from .core.volume import ThroughPlaneGeometry, Volume
+from .metrics import RunMetrics, strict_json
 
 DISPLAY_WINDOW_HU = (-1000.0, 600.0)
 CONFIDENCE_FLOOR = 0.1  # disagreement below this fraction of the top value is left uncoloured
@@ -38,19 +39,6 @@ def comparison_planes(volume: Volume, geometry: ThroughPlaneGeometry, enhanced: 
 REPORT_FILES = ("report.png", "metrics.json")
 
 
-def strict_json(value):
-    """value with NaN and infinities replaced by None, so that json.dumps(allow_nan=False) gives standard JSON."""
-    if isinstance(value, dict):
-        return {str(k): strict_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [strict_json(v) for v in value]
-    if isinstance(value, (float, np.floating)):
-        return float(value) if np.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
-
-
 def _verify_png(name: str) -> None:
     data = Path(name).read_bytes()
     if not data.startswith(b"\x89PNG\r\n\x1a\n") or not data.endswith(b"IEND\xaeB`\x82"):
@@ -74,14 +62,14 @@ def _draw_disagreement(axis, image: np.ndarray, disagreement: np.ndarray, aspect
 
 
 def stage_report(publication, folder: Path, volume: Volume, geometry: ThroughPlaneGeometry, enhanced: Volume,
-                 metrics: dict, confidence: Optional[Volume] = None) -> None:
+                 metrics: RunMetrics, confidence: Optional[Volume] = None) -> None:
     """Stage (write and verify) report.png and metrics.json for folder.
 
     With a confidence map, a fourth column shows the disagreement (colour) over the result.
     Without matplotlib (Slicer's Python ships none) only metrics.json is written, with a warning.
     """
     folder = Path(folder)
-    text = json.dumps(strict_json(metrics), indent=2, allow_nan=False)
+    text = json.dumps(strict_json(metrics.to_json()), indent=2, allow_nan=False)
     try:
         import matplotlib
     except ImportError:
@@ -97,7 +85,7 @@ def stage_report(publication, folder: Path, volume: Volume, geometry: ThroughPla
 
 
 def _stage_picture(publication, folder: Path, matplotlib, volume: Volume, geometry: ThroughPlaneGeometry,
-                   enhanced: Volume, metrics: dict, confidence: Optional[Volume]) -> None:
+                   enhanced: Volume, metrics: RunMetrics, confidence: Optional[Volume]) -> None:
     """report.png: as acquired, linear and SR4ZCT (and the disagreement) on the central coronal and sagittal planes."""
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -118,12 +106,10 @@ def _stage_picture(publication, folder: Path, matplotlib, volume: Volume, geomet
             axis.set_yticks([])
         if overlays:
             _draw_disagreement(axes[row][3], images["SR4ZCT"], overlays[view], z_step / in_plane, head_up, view)
-    training = metrics.get("training", {})
-    acquisition = geometry.acquisition
-    subtitle = f"{acquisition.describe()}; output every {z_step:.3g} mm"
-    if "validation_psnr_db" in training:
-        subtitle += (f"; held-out in-plane stand-in PSNR {training['validation_psnr_db']:.2f} dB "
-                     f"vs linear {training['validation_linear_psnr_db']:.2f} dB")
+    subtitle = f"{geometry.acquisition.describe()}; output every {z_step:.3g} mm"
+    if metrics.validation_psnr_db is not None:
+        subtitle += (f"; held-out in-plane stand-in PSNR {metrics.validation_psnr_db:.2f} dB "
+                     f"vs linear {metrics.validation_linear_psnr_db:.2f} dB")
     figure.suptitle(f"SR4ZCT\n{subtitle}", fontsize=11)
     figure.tight_layout()
     try:

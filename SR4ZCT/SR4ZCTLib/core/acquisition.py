@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 
 from ..errors import InputError
-from ..limits import RANGES
-
-PROFILES = ("box", "gaussian")
+from ..options import PROFILES, RANGES
 
 
 @dataclass(frozen=True)
@@ -77,9 +74,3 @@ class Acquisition:
             f"thickness {self.thickness_mm:g} mm, increment {self.increment_mm:g} mm, "
             f"{kind} {abs(self.overlap_mm):g} mm, {self.profile} profile"
         )
-
-
-def warn_all(messages: list[str]) -> None:
-    """Emit each message as a UserWarning (the CLI prints them as `warning:` lines)."""
-    for message in messages:
-        warnings.warn(message, UserWarning, stacklevel=3)

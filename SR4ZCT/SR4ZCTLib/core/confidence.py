@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from .inference import VIEWS, resample_along_axis0
+from ..options import VIEWS
+from .inference import resample_along_axis0
 from .volume import Volume
 
 SMOOTHING_VOXELS = 1.0

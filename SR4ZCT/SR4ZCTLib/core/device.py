@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import InputError
-
-DEVICE_CHOICES = ("auto", "cpu", "cuda")
+from ..options import DEVICE_CHOICES
 
 
 def cuda_usable() -> bool:

@@ -43,12 +43,11 @@ from scipy.linalg import cho_solve_banded, cholesky_banded
 from scipy.sparse import csr_matrix
 from scipy.special import ndtr
 
+from ..options import CONSISTENCY_LAMBDA
 from .acquisition import Acquisition
 
 _SQRT_2PI = math.sqrt(2.0 * math.pi)
 FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
-CONSISTENCY_LAMBDA = 0.1  # relative regularisation of the projection; measured on the phantom, see docs/benchmarks.md
-CONSISTENCY_LAMBDA_RANGE = (1e-4, 10.0)  # what --consistency-lambda accepts
 END_MASS_TOLERANCE = 1e-3  # profile weight beyond the grid above which an end slice is not used
 
 

@@ -17,10 +17,11 @@ from torch import nn
 from .acquisition import Acquisition
 from .device import free_cuda_memory, is_out_of_memory
 from .forward import ConsistencyProjection, linear_interpolation_matrix
+from .intensity import Normalisation
 from .memory import fine_grid_size
+from ..options import VIEWS
 from ..progress import Reporter
 
-VIEWS = ("coronal", "sagittal")
 
 
 def interpolation_to_grid(n_slices: int, increment_mm: float, spacing_mm: float) -> torch.Tensor:
@@ -73,9 +74,9 @@ def enhance_stack(
     acquisition: Acquisition,
     grid_spacing_mm: float,
     network: Optional[nn.Module],
-    normalise,
-    denormalise,
+    normalisation: Normalisation,
     device: torch.device,
+    *,
     views: Sequence[str] = VIEWS,
     consistency_lambda: Optional[float] = None,
     batch_size: Optional[int] = None,
@@ -92,7 +93,7 @@ def enhance_stack(
     n_slices, rows, cols = thick.shape
     measured = torch.empty((n_slices, rows, cols), dtype=torch.float32)
     for index in range(n_slices):  # convert slice by slice: no float64 copy of the whole input
-        measured[index] = normalise(torch.from_numpy(np.asarray(thick[index], dtype=np.float32)))
+        measured[index] = normalisation.forward(torch.from_numpy(np.asarray(thick[index], dtype=np.float32)))
     upsample = interpolation_to_grid(n_slices, acquisition.increment_mm, grid_spacing_mm)
     n_fine = upsample.shape[0]
     if network is None or not views:
@@ -124,7 +125,7 @@ def enhance_stack(
         project_onto_measurements(enhanced, measured, acquisition, grid_spacing_mm, consistency_lambda, reporter)
     del measured
     for start in range(0, n_fine, 32):
-        enhanced[start:start + 32] = denormalise(enhanced[start:start + 32])
+        enhanced[start:start + 32] = normalisation.inverse(enhanced[start:start + 32])
     return enhanced
 
 

@@ -207,6 +207,19 @@ def total_iterations(config: TrainingConfig, n_training_slices: int) -> int:
     return config.iterations
 
 
+@dataclass(frozen=True)
+class TrainingJob:
+    """One training run: axial images (n, rows, cols) in network units, their spacing, the acquisition to undo."""
+
+    slices: torch.Tensor
+    in_plane_spacing_mm: tuple[float, float]
+    acquisition: Acquisition
+    config: TrainingConfig
+    normalisation: Normalisation
+    device: torch.device
+    seed: int = 0
+
+
 def train_network(
     slices: np.ndarray | torch.Tensor,
     in_plane_spacing_mm: tuple[float, float],
@@ -221,52 +234,72 @@ def train_network(
 
     CUDA out of memory halves the batch (down to 1), then falls back to the CPU with a message.
     """
-    reporter = reporter or Reporter()
+    job = TrainingJob(torch.as_tensor(slices, dtype=torch.float32), in_plane_spacing_mm, acquisition, config,
+                      normalisation, device, seed)
+    return _train_with_retries(job, reporter or Reporter())
+
+
+def _train_with_retries(job: TrainingJob, reporter: Reporter) -> TrainingResult:
     try:
-        return _train(slices, in_plane_spacing_mm, acquisition, config, normalisation, device, seed, reporter)
+        return _train(job, reporter)
     except RuntimeError as error:
-        if device.type != "cuda" or not is_out_of_memory(error):
+        if job.device.type != "cuda" or not is_out_of_memory(error):
             raise
         free_cuda_memory()
-        if config.batch_size > 1:
-            smaller = replace(config, batch_size=config.batch_size // 2)
-            reporter.step("training", 0.0, f"GPU out of memory; retrying with batch size {smaller.batch_size}")
-            return train_network(slices, in_plane_spacing_mm, acquisition, smaller, normalisation, device, seed, reporter)
+        if job.config.batch_size > 1:
+            smaller = replace(job, config=replace(job.config, batch_size=job.config.batch_size // 2))
+            reporter.step("training", 0.0, f"GPU out of memory; retrying with batch size {smaller.config.batch_size}")
+            return _train_with_retries(smaller, reporter)
         reporter.step("training", 0.0, "GPU out of memory even at batch size 1; training on the CPU instead")
-        return train_network(slices, in_plane_spacing_mm, acquisition, config, normalisation,
-                             torch.device("cpu"), seed, reporter)
+        return _train_with_retries(replace(job, device=torch.device("cpu")), reporter)
 
 
-def _train(slices, in_plane_spacing_mm, acquisition, config, normalisation, device, seed, reporter) -> TrainingResult:
-    torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
-    data = torch.as_tensor(slices, dtype=torch.float32)
-    training_ids, validation_ids = split_validation_slab(data.shape[0])
+@dataclass
+class _Pairs:
+    """The training pair sampler and the held-out validation pairs of a job."""
+
+    sampler: PairSampler
+    held_out: list
+    validation_ids: np.ndarray
+    n_training: int
+    seconds: float
+
+
+def _prepare_pairs(job: TrainingJob, generator: torch.Generator, reporter: Reporter) -> _Pairs:
+    """Training views of the training slab, validation pairs from a few images of the held-out slab."""
+    training_ids, validation_ids = split_validation_slab(job.slices.shape[0])
     reporter.step("pairs", 0.0, "preparing training pairs")
     started = time.perf_counter()
-    views, spacing = training_views(data[training_ids], in_plane_spacing_mm)
-    sampler = PairSampler([view.to(device) for view in views], spacing, acquisition, config.phases, generator)
+    views, spacing = training_views(job.slices[training_ids], job.in_plane_spacing_mm)
+    sampler = PairSampler([view.to(job.device) for view in views], spacing, job.acquisition, job.config.phases, generator)
     del views
     shown = validation_ids[:: max(1, len(validation_ids) // 4)][:4]  # at most 4 images per axis and phase
-    views, spacing = training_views(data[shown], in_plane_spacing_mm)
-    held_out = validation_pairs([view.to(device) for view in views], spacing, acquisition)
-    pair_seconds = time.perf_counter() - started
-    reporter.step("pairs", 1.0, f"pairs ready in {pair_seconds:.1f} s", seconds=pair_seconds)
+    views, spacing = training_views(job.slices[shown], job.in_plane_spacing_mm)
+    held_out = validation_pairs([view.to(job.device) for view in views], spacing, job.acquisition)
+    seconds = time.perf_counter() - started
+    reporter.step("pairs", 1.0, f"pairs ready in {seconds:.1f} s", seconds=seconds)
+    return _Pairs(sampler, held_out, validation_ids, len(training_ids), seconds)
 
-    network = build_network(config.architecture, config.network_options).to(device)
+
+def _train(job: TrainingJob, reporter: Reporter) -> TrainingResult:
+    """Seeded training with periodic validation; the network comes back at its best validation checkpoint."""
+    torch.manual_seed(job.seed)
+    pairs = _prepare_pairs(job, torch.Generator().manual_seed(job.seed), reporter)
+    config, normalisation = job.config, job.normalisation
+    network = build_network(config.architecture, config.network_options).to(job.device)
     optimiser = torch.optim.Adam(network.parameters(), lr=config.learning_rate)
-    iterations = total_iterations(config, len(training_ids))
+    iterations = total_iterations(config, pairs.n_training)
     schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=iterations, eta_min=config.learning_rate * 0.05)
                 if config.cosine_decay else None)
     loss_function = nn.MSELoss()
     every = max(1, iterations // max(1, config.validations))
-    best_psnr, linear_psnr = evaluate(network, held_out, normalisation)
+    best_psnr, linear_psnr = evaluate(network, pairs.held_out, normalisation)
     best_state, best_iteration = copy.deepcopy(network.state_dict()), 0
     history = [{"iteration": 0, "validation_psnr_db": best_psnr}]
     started = last_report = time.perf_counter()
     loss_value = float("nan")
     for iteration in range(1, iterations + 1):
-        degraded, sharp = sampler.batch(config.batch_size, config.patch_size)
+        degraded, sharp = pairs.sampler.batch(config.batch_size, config.patch_size)
         loss = loss_function(network(degraded), sharp)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
@@ -275,7 +308,7 @@ def _train(slices, in_plane_spacing_mm, acquisition, config, normalisation, devi
             schedule.step()
         loss_value = float(loss.detach()) if iteration % 10 == 0 or iteration == iterations else loss_value
         if iteration % every == 0 or iteration == iterations:
-            current, _ = evaluate(network, held_out, normalisation)
+            current, _ = evaluate(network, pairs.held_out, normalisation)
             history.append({"iteration": iteration, "validation_psnr_db": current})
             if current > best_psnr:
                 best_psnr, best_iteration = current, iteration
@@ -299,15 +332,15 @@ def _train(slices, in_plane_spacing_mm, acquisition, config, normalisation, devi
         "iterations": iterations,
         "best_iteration": best_iteration,
         "training_seconds": time.perf_counter() - started,
-        "pair_setup_seconds": pair_seconds,
+        "pair_setup_seconds": pairs.seconds,
         "validation_psnr_db": best_psnr,
         "validation_linear_psnr_db": linear_psnr,
         "validation_gain_db": best_psnr - linear_psnr,
-        "validation_slices": [int(validation_ids[0]), int(validation_ids[-1])],
+        "validation_slices": [int(pairs.validation_ids[0]), int(pairs.validation_ids[-1])],
         "validation_task": VALIDATION_TASK,
         "psnr_window_hu": list(PSNR_WINDOW_HU),
         "history": history,
         "config": asdict(config),
-        "device": str(device),
+        "device": str(job.device),
     }
     return TrainingResult(network=network, metrics=metrics)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -21,6 +20,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..core.volume import Volume
+from .dicom import SourceSeries
 
 GEOMETRY_TOLERANCE_MM = 1e-3
 PATIENT_STUDY_TAGS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "PatientAge", "StudyInstanceUID",
@@ -32,47 +32,6 @@ SERIES_TAGS = ("BodyPartExamined", "Laterality", "PatientPosition")  # copied wh
 WINDOW_TAGS = ("WindowCenter", "WindowWidth", "WindowCenterWidthExplanation")
 DEFAULT_WINDOW = (40.0, 400.0)  # soft tissue, when the source gives none
 SERIES_NUMBER_OFFSET = 1000  # the derived series is numbered after the source's
-
-
-@dataclass
-class SourceSeries:
-    """What the derived series copies from its source (or template) series."""
-
-    header: object  # pydicom Dataset of one source slice (no pixels)
-    instances: list[tuple[str, str, float]] = field(default_factory=list)  # (SOP class, SOP instance, along normal)
-    is_template: bool = False  # a template gives patient and study only: no frame of reference, no references
-    folder: str = ""
-
-
-def read_source_series(folder: str | os.PathLike, is_template: bool = False) -> SourceSeries:
-    """Headers of one DICOM series folder (sorted along the slice normal); refuses anything else."""
-    import pydicom
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise InputError(f"DICOM series folder {folder} does not exist; give the folder of a DICOM series")
-    headers = []
-    for path in sorted(p for p in folder.iterdir() if p.is_file()):
-        try:
-            header = pydicom.dcmread(str(path), stop_before_pixels=True)
-        except Exception:  # not DICOM: skip, as the reader does
-            continue
-        if "SOPInstanceUID" in header and "StudyInstanceUID" in header:
-            headers.append(header)
-    if not headers:
-        raise InputError(f"no DICOM images with study and instance UIDs in {folder}; give a DICOM series folder")
-    if len({str(h.get("SeriesInstanceUID", "")) for h in headers}) > 1:
-        raise InputError(f"{folder} holds several DICOM series; give a folder with one series")
-    instances = [(str(h.SOPClassUID), str(h.SOPInstanceUID), _along_normal(h)) for h in headers]
-    instances.sort(key=lambda item: item[2])
-    return SourceSeries(headers[0], instances, is_template, str(folder))
-
-
-def _along_normal(header) -> float:
-    if "ImagePositionPatient" not in header or "ImageOrientationPatient" not in header:
-        return 0.0
-    orientation = np.array([float(v) for v in header.ImageOrientationPatient])
-    return float(np.array([float(v) for v in header.ImagePositionPatient]) @ np.cross(orientation[:3], orientation[3:]))
 
 
 def is_dicom_output(path: str | os.PathLike, fmt: Optional[str]) -> bool:
@@ -88,13 +47,14 @@ def is_dicom_output(path: str | os.PathLike, fmt: Optional[str]) -> bool:
 
 def check_dicom_output(output: str | os.PathLike, inputs: list[str | os.PathLike], overwrite: bool = False) -> Path:
     """Refuse a series folder that is, holds or lies inside an input, exists (without overwrite), or cannot be made."""
+    from .publish import input_overlap
+
     output = Path(output)
     target = output.resolve()
     for source in inputs:
         source = Path(source).resolve()
         source = source.parent if source.suffix.lower() == ".dcm" else source  # a slice stands for its series
-        inside_input = source.is_dir() and source in target.parents
-        if target == source or inside_input or target in source.parents:
+        if input_overlap(output, source):
             raise InputError(f"output folder {output} would be written into or over the input {source}; "
                              "choose a folder outside the input's")
     if output.exists() and not output.is_dir():
@@ -107,19 +67,6 @@ def check_dicom_output(output: str | os.PathLike, inputs: list[str | os.PathLike
     if not os.access(parent, os.W_OK):
         raise InputError(f"output folder's parent {parent} is not writable; choose another output path")
     return output
-
-
-def source_for(input_path: str | os.PathLike, template: Optional[str]) -> SourceSeries:
-    """The series the output copies from: the DICOM input itself, else the template; refuses neither."""
-    from .volumes import _suffix
-
-    path = Path(input_path)
-    if path.is_dir() or _suffix(path) == ".dcm":
-        return read_source_series(path if path.is_dir() else path.parent)
-    if template is None:
-        raise InputError(f"{path.name} is not DICOM, so it has no patient or study to put the DICOM series in; "
-                         "give --dicom-template DIR (a DICOM series of the same patient and study)")
-    return read_source_series(template, is_template=True)
 
 
 def dicom_layout(volume: Volume, axis: int) -> tuple[np.ndarray, np.ndarray, bool]:
@@ -312,7 +259,7 @@ def _publish_folder(staging: Path, folder: Path, overwrite: bool) -> None:
 
 def verify_dicom_series(folder: Path, volume: Volume, axis: int, count: int) -> None:
     """Read the written series back: file count, geometry within 1e-3 mm and voxels equal, or raise."""
-    from .volumes import read_dicom_series
+    from .dicom import read_dicom_series
 
     files = [p for p in folder.iterdir() if p.suffix == ".dcm"]
     if len(files) != count:

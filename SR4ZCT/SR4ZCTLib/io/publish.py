@@ -75,14 +75,11 @@ def input_files(source: Path) -> tuple[list[Path], Optional[Path]]:
         folder = source if source.is_dir() else source.parent
         return [p for p in folder.iterdir() if p.is_file()], folder.resolve()
     files = [source]
-    header = source.name.lower()
-    if header.endswith((".nhdr", ".mhd")) and source.is_file():
-        from .checks import _read_text_header  # the detached data file is part of the input too
+    if source.name.lower().endswith((".nhdr", ".mhd")) and source.is_file():
+        from .itk import detached_data_file  # the detached data file is part of the input too
 
-        fields, _ = _read_text_header(source, ":" if header.endswith(".nhdr") else "=")
-        name = fields.get("data file", fields.get("datafile", fields.get("elementdatafile")))
-        if name and name.upper() not in ("LOCAL", "LIST"):
-            files.append(source.parent / name)
+        data = detached_data_file(source)
+        files += [data] if data is not None else []
     return files, None
 
 
@@ -97,6 +94,17 @@ def _same_file(a: Path, b: Path) -> bool:
         return os.path.samefile(a, b)
     except OSError:
         return a.resolve() == b.resolve()
+
+
+def input_overlap(output: str | os.PathLike, source: str | os.PathLike) -> Optional[str]:
+    """How an output path meets an input: it "is" the input, lies "inside" it (a folder), "holds" it, or None."""
+    output, source = Path(output), Path(source)
+    if _same_file(output, source):
+        return "is"
+    target, origin = output.resolve(), source.resolve()
+    if origin in target.parents:
+        return "inside"
+    return "holds" if target in origin.parents else None
 
 
 class OutputPlan:
@@ -117,9 +125,9 @@ class OutputPlan:
         if path.is_dir():
             raise InputError(f"{option} {path} is a folder; give a file name (--overwrite never replaces a folder)")
         for source in self.protected:
-            if _same_file(path, source):
+            if input_overlap(path, source) == "is":
                 raise InputError(f"{option} {path} would overwrite the input; choose another path")
-        if self.dicom_folder is not None and self.dicom_folder in path.resolve().parents:
+        if self.dicom_folder is not None and input_overlap(path, self.dicom_folder) == "inside":
             raise InputError(f"{option} {path} is inside the input DICOM folder {self.dicom_folder}; "
                              "write outputs elsewhere so the series stays as it was")
         for other in self.outputs:
@@ -293,9 +301,14 @@ def write_alone(path: str | os.PathLike, overwrite: bool, stage: Callable[["Publ
         plan.add("output", path)
     else:
         plan.add_folder("--report", path, folder_names)
+    return write_planned(plan, lambda publication: stage(publication, Path(path)))
+
+
+def write_planned(plan: OutputPlan, stage: Callable[["Publication"], None]) -> list[Path]:
+    """Stage a checked plan's artefacts with `stage`, then publish them all, or on any failure none."""
     publication = Publication(plan)
     try:
-        stage(publication, Path(path))
+        stage(publication)
         return publication.publish()
     except BaseException:
         publication.discard()

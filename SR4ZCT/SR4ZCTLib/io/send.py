@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from ..errors import InputError
+from .dicom import has_dicm_preamble
 
 DEFAULT_CALLING_AET = "SR4ZCT"
 DESTINATION = re.compile(r"^(?P<aet>[^@]{1,16})@(?P<host>[^:@]+|\[[0-9a-fA-F:]+\]):(?P<port>\d{1,5})$")
@@ -56,11 +57,7 @@ def series_files(folder: str | os.PathLike) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"{folder} is not a folder; give the DICOM series folder written by `sr4zct enhance`")
-    files = []
-    for path in sorted(p for p in folder.iterdir() if p.is_file()):
-        with open(path, "rb") as handle:
-            if handle.read(132)[128:] == b"DICM":
-                files.append(path)
+    files = [path for path in sorted(p for p in folder.iterdir() if p.is_file()) if has_dicm_preamble(path)]
     if not files:
         raise InputError(f"no DICOM files in {folder}; give the DICOM series folder written by `sr4zct enhance`")
     return files
@@ -133,19 +130,3 @@ def _refusal(association, destination: Destination, calling_aet: str) -> str:
         return (f"{destination} aborted the association (called AE title {destination.aet!r}, calling AE title "
                 f"{calling_aet!r}); check both AE titles and the PACS log")
     return f"cannot connect to {destination}: no DICOM service answered; check that the PACS is running, host and port"
-
-
-def add_send_command(commands) -> None:
-    """Register `sr4zct send DIR --to AET@HOST:PORT [--calling-aet NAME]`."""
-    send = commands.add_parser("send", help="send a DICOM series folder to a PACS (C-STORE)")
-    send.add_argument("folder", help="DICOM series folder (e.g. written by `sr4zct enhance --format dicom`)")
-    send.add_argument("--to", required=True, help="destination AET@HOST:PORT, e.g. ORTHANC@localhost:4242")
-    send.add_argument("--calling-aet", default=DEFAULT_CALLING_AET, help=f"our AE title (default {DEFAULT_CALLING_AET})")
-    send.set_defaults(handler=_send)
-
-
-def _send(args) -> int:
-    destination = parse_destination(args.to)
-    count = send_series(args.folder, destination, check_calling_aet(args.calling_aet))
-    print(f"sent {count} files from {args.folder} to {destination}")
-    return 0

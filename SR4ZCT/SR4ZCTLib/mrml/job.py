@@ -21,7 +21,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -29,6 +29,8 @@ import numpy as np
 
 from ..errors import Cancelled, InputError
 from ..core.intensity import check_intensities
+from ..metrics import RunMetrics
+from ..options import RunOptions
 from ..core.memory import check_memory, estimate_memory_bytes
 from .nodes import DicomValueLookup, add_confidence_node, lps_to_ras, node_from_volume, volume_from_node, write_node
 from ..progress import Progress
@@ -50,41 +52,7 @@ class JobState(enum.Enum):
     CANCELLED = "cancelled"
 
 
-@dataclass
-class EnhanceRequest:
-    """The parameters of one run, as the module panel or the console gives them (None: the default)."""
-
-    thickness_mm: Optional[float] = None
-    increment_mm: Optional[float] = None
-    profile: str = "box"
-    preset: str = "fast"
-    iterations: Optional[int] = None
-    target_spacing_mm: Optional[float] = None
-    device: str = "auto"
-    seed: int = 0
-    consistency: Optional[str] = None  # "on" or "off"; None: the preset's
-    consistency_lambda: Optional[float] = None
-    allow_non_hu: bool = False
-    force: bool = False  # run even when the memory estimate exceeds what is free
-    model_path: Optional[str] = None
-    save_model_path: Optional[str] = None
-    confidence: bool = False  # also import the coronal/sagittal disagreement map as a second node
-
-    def arguments(self, thickness_mm: float, increment_mm: float) -> list[str]:
-        args = ["--thickness", repr(float(thickness_mm)), "--increment", repr(float(increment_mm)),
-                "--profile", self.profile, "--preset", self.preset, "--device", self.device, "--seed", str(self.seed)]
-        optional = {"--iterations": self.iterations, "--target-spacing": self.target_spacing_mm,
-                    "--consistency": self.consistency,
-                    "--consistency-lambda": self.consistency_lambda, "--model": self.model_path,
-                    "--save-model": self.save_model_path}
-        for flag, value in optional.items():
-            if value is not None:
-                args += [flag, str(value)]
-        if self.allow_non_hu:
-            args.append("--allow-non-hu")
-        if self.force:
-            args.append("--force")
-        return args
+EnhanceRequest = RunOptions  # what one run is asked for, by the module panel or the console (options.py)
 
 
 def kill_process_tree(process: subprocess.Popen) -> None:
@@ -116,7 +84,7 @@ def kill_process_tree(process: subprocess.Popen) -> None:
 class EnhanceJob:
     """One run on one input node; see the module docstring for the life cycle."""
 
-    def __init__(self, input_node, request: EnhanceRequest, python_executable: Optional[str] = None,
+    def __init__(self, input_node, request: RunOptions, python_executable: Optional[str] = None,
                  output_node=None, output_name: Optional[str] = None,
                  on_progress: Optional[Callable[[Progress], None]] = None,
                  on_log: Optional[Callable[[str], None]] = None,
@@ -127,7 +95,7 @@ class EnhanceJob:
         self.on_progress, self.on_log, self.lookup = on_progress, on_log, lookup
         self.state = JobState.IDLE
         self.error: Optional[str] = None
-        self.metrics: dict = {}
+        self.metrics: Optional[RunMetrics] = None
         self.result_node = None
         self.confidence_node = None
         self.last_progress: Optional[Progress] = None
@@ -161,7 +129,8 @@ class EnhanceJob:
             write_node(self.input_node, str(source))
             command = [self.python, "-m", "SR4ZCTLib.cli", "enhance", str(source), "-o", str(self._folder / "output.nrrd"),
                        "--progress", "json", "--axis", AXIS_NAMES[geometry.axis],  # the panel's axis, not a re-guess
-                       *self.request.arguments(geometry.acquisition.thickness_mm, geometry.acquisition.increment_mm)]
+                       *replace(self.request, thickness_mm=geometry.acquisition.thickness_mm,
+                                increment_mm=geometry.acquisition.increment_mm).argv()]
             if self.request.confidence:
                 command += ["--confidence", str(self._folder / CONFIDENCE_FILE)]
             environment = dict(os.environ)
@@ -232,7 +201,7 @@ class EnhanceJob:
                 self._log(f"warning: {event['warning']}")
                 return
             if event.get("stage") == "done":
-                self.metrics = event.get("metrics", {})
+                self.metrics = RunMetrics.from_json(event.get("metrics", {}))
                 return
             progress = Progress(event["stage"], float(event["fraction"]), event.get("message", ""),
                                 event.get("metrics", {}))

@@ -1,4 +1,4 @@
-"""Strict checks of volume files before (and after) ITK reads them: size against the header, complete decompression.
+"""NRRD, NIfTI and MetaImage files (SimpleITK), read and written strictly: size against the header, full decompression.
 
 ITK reads a truncated NIfTI or MetaImage without complaint (missing voxels become 0) and may write
 one short when the disk is full, so every NRRD, NIfTI and MetaImage file is checked here: the data
@@ -18,6 +18,7 @@ from typing import BinaryIO, Callable, Optional
 
 import numpy as np
 
+from ..core.volume import Volume
 from ..errors import InputError
 
 CHUNK = 1 << 20
@@ -80,7 +81,7 @@ def _data_file(header_path: Path, name: str, allow_external_data: bool) -> Path:
     return target
 
 
-def _read_text_header(path: Path, separator: str) -> tuple[dict[str, str], int]:
+def read_text_header(path: Path, separator: str) -> tuple[dict[str, str], int]:
     """Key/value lines up to the first blank line (NRRD) or the ElementDataFile line (MetaImage); and its end."""
     fields: dict[str, str] = {}
     offset = 0
@@ -105,6 +106,13 @@ def _read_text_header(path: Path, separator: str) -> tuple[dict[str, str], int]:
     return fields, offset
 
 
+def detached_data_file(header_path: Path) -> Optional[Path]:
+    """The data file a .nhdr/.mhd header names (None when the voxels are in the header's own file)."""
+    fields, _ = read_text_header(header_path, ":" if header_path.name.lower().endswith(".nhdr") else "=")
+    name = fields.get("data file", fields.get("datafile", fields.get("elementdatafile")))
+    return header_path.parent / name if name and name.upper() not in ("LOCAL", "LIST") else None
+
+
 def _positive_ints(path: Path, text: str, field: str) -> list[int]:
     try:
         values = [int(v) for v in text.split()]
@@ -116,7 +124,7 @@ def _positive_ints(path: Path, text: str, field: str) -> list[int]:
 
 
 def _check_nrrd(path: Path, allow_external_data: bool) -> None:
-    fields, header_end = _read_text_header(path, ":")
+    fields, header_end = read_text_header(path, ":")
     type_name = fields.get("type", "").lower()
     item = next((size for size, names in NRRD_TYPE_BYTES.items() if type_name in names), None)
     encoding = fields.get("encoding", "raw").lower()
@@ -138,7 +146,7 @@ def _check_nrrd(path: Path, allow_external_data: bool) -> None:
 
 
 def _check_metaimage(path: Path, allow_external_data: bool) -> None:
-    fields, header_end = _read_text_header(path, "=")
+    fields, header_end = read_text_header(path, "=")
     sizes = _positive_ints(path, fields.get("dimsize", ""), "DimSize")
     item = META_TYPE_BYTES.get(fields.get("elementtype", "").upper())
     channels = int(fields.get("elementnumberofchannels", "1") or 1)
@@ -261,3 +269,50 @@ def qform_sform_note(path: Path, shape_kji: tuple[int, ...], ijk_to_lps: np.ndar
     chosen = min(positions, key=lambda name: float(np.max(np.abs(positions[name] - used[:3]))))
     return (f"{path.name}: the NIfTI qform and sform disagree (corners up to {apart:.1f} mm apart); the {chosen} was "
             "used. Check the orientation against another viewer, or fix the header")
+
+
+def read_image_file(path: Path, allow_external_data: bool = False) -> Volume:
+    """A NRRD/NIfTI/MetaImage file as it is (any shape), after the strict size and decompression checks."""
+    import SimpleITK as sitk
+
+    path = Path(path)
+    check_volume_file(path, allow_external_data)
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as error:
+        first_line = str(error).strip().splitlines()[-1] if str(error).strip() else "unreadable"
+        raise InputError(f"cannot read {path.name}: {first_line}; check that the file is a complete volume") from None
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(
+            f"{path.name} has {image.GetNumberOfComponentsPerPixel()} components per voxel (colour or vector image); "
+            "SR4ZCT needs a scalar CT volume"
+        )
+    array = sitk.GetArrayFromImage(image)
+    if array.ndim != 3:
+        return Volume(array=array, ijk_to_world=np.eye(4), source="file", extra={"path": str(path), "notes": []})
+    array = np.ascontiguousarray(array.astype(array.dtype.newbyteorder("=")))
+    directions = np.array(image.GetDirection(), dtype=float).reshape(3, 3)
+    matrix = Volume.matrix_from(image.GetOrigin(), image.GetSpacing(), directions)
+    notes = []
+    if path.name.lower().endswith((".nii", ".nii.gz")):
+        notes = [note for note in [qform_sform_note(path, array.shape, matrix)] if note]
+    return Volume(array=array, ijk_to_world=matrix, source="file", extra={"path": str(path), "notes": notes})
+
+
+def stage_image_file(publication, volume: Volume, path: Path) -> None:
+    """Write volume to path's temporary file with its exact LPS geometry and verify it by reading it back."""
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(np.ascontiguousarray(volume.array))
+    image.SetSpacing([float(s) for s in volume.spacing])
+    image.SetOrigin([float(v) for v in volume.origin])
+    image.SetDirection([float(v) for v in volume.directions.ravel()])
+
+    def verify(name: str) -> None:
+        written = read_image_file(Path(name))
+        if (written.array.shape != volume.array.shape or written.array.dtype != volume.array.dtype
+                or not np.allclose(written.ijk_to_world, volume.ijk_to_world, atol=1e-4)
+                or not np.array_equal(written.array, volume.array, equal_nan=True)):
+            raise InputError("the file read back differs from what was written")
+
+    publication.stage(path, lambda name: sitk.WriteImage(image, name, useCompression=True), verify)

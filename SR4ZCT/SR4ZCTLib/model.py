@@ -1,0 +1,150 @@
+"""A trained network with the acquisition and intensity mapping it was made for: saved, loaded and checked.
+
+A model file is read with torch's weights-only loader and refused unless it is exactly a sane SR4ZCT model
+(keys, architecture bounds, tensor names, shapes and finite values); it is reused only for the acquisition
+and in-plane spacing it was trained for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .core.acquisition import Acquisition
+from .core.intensity import Normalisation
+from .core.networks import build_network
+from .errors import InputError
+
+MODEL_FORMAT = "sr4zct-model-1"
+ACQUISITION_MATCH_MM = 0.05  # a saved model is reused only for an acquisition this close to its own
+MODEL_KEYS = {"format", "architecture", "network_options", "state_dict", "acquisition", "grid_spacing_mm",
+              "normalisation", "metrics"}
+ARCHITECTURE_BOUNDS = {  # every option of every architecture, bounded so a model file cannot ask for tens of GB
+    "cnn": {"depth": (2, 64), "width": (1, 256)},
+    "msd": {"depth": (1, 500), "width": (1, 1), "max_dilation": (1, 64)},
+}
+NORMALISATION_KINDS = ("hu", "percentile", "identity")
+
+
+@dataclass
+class TrainedModel:
+    """A trained network with the acquisition and intensity mapping it was trained for."""
+
+    network: torch.nn.Module
+    architecture: str
+    network_options: dict
+    acquisition: Acquisition
+    grid_spacing_mm: float
+    normalisation: Normalisation
+    metrics: dict = field(default_factory=dict)
+    loaded_from: Optional[str] = None  # the model file, when reused
+
+    def bundle(self) -> dict:
+        """Everything a model file holds (see MODEL_KEYS)."""
+        return {
+            "format": MODEL_FORMAT,
+            "architecture": self.architecture,
+            "network_options": self.network_options,
+            "state_dict": {k: v.detach().cpu() for k, v in self.network.state_dict().items()},
+            "acquisition": asdict(self.acquisition),
+            "grid_spacing_mm": self.grid_spacing_mm,
+            "normalisation": self.normalisation.as_dict(),
+            "metrics": {k: v for k, v in self.metrics.items() if k != "history"},
+        }
+
+    def stage(self, publication, path: Path) -> None:
+        """Write the model to path's temporary file and verify it loads back as a valid model."""
+        bundle = self.bundle()
+        publication.stage(path, lambda name: torch.save(bundle, name), lambda name: TrainedModel.load(name))
+
+    def save(self, path: str | Path, overwrite: bool = False) -> Path:
+        """Write, verify and publish (no clobber unless overwrite)."""
+        from .io.publish import write_alone
+
+        return write_alone(path, overwrite, self.stage)[0]
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TrainedModel":
+        """Read a model file safely (weights only) and refuse any that is not exactly a sane SR4ZCT model."""
+        try:
+            bundle = torch.load(str(path), map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise InputError(f"model file {path} does not exist") from None
+        except Exception as error:
+            raise InputError(f"cannot read model {path}: {error.__class__.__name__}; was it written by sr4zct?") from None
+        if not isinstance(bundle, dict) or bundle.get("format") != MODEL_FORMAT:
+            raise InputError(f"{path} is not an SR4ZCT model file ({MODEL_FORMAT})")
+        try:
+            network = _validated_network(bundle)
+            acquisition = Acquisition(**bundle["acquisition"])
+            grid_spacing = _finite(bundle["grid_spacing_mm"], "grid_spacing_mm", 0.01, 100.0)
+            normalisation = _validated_normalisation(bundle["normalisation"])
+        except (InputError, TypeError, KeyError, ValueError, RuntimeError) as error:
+            raise InputError(f"{path} is not a valid SR4ZCT model ({error}); train a new one (omit --model)") from None
+        network.eval()
+        model = cls(network, bundle["architecture"], dict(bundle["network_options"]), acquisition, grid_spacing,
+                    normalisation, dict(bundle["metrics"]))
+        model.loaded_from = str(path)
+        return model
+
+    def check_matches(self, acquisition: Acquisition, grid_spacing_mm: float) -> None:
+        """Refuse to apply a model to an acquisition it was not trained for (the paper's central point)."""
+        mine = self.acquisition
+        if (abs(mine.thickness_mm - acquisition.thickness_mm) > ACQUISITION_MATCH_MM
+                or abs(mine.increment_mm - acquisition.increment_mm) > ACQUISITION_MATCH_MM
+                or mine.profile != acquisition.profile):
+            raise InputError(
+                f"the model was trained for {mine.describe()} but this scan has {acquisition.describe()}; "
+                "a mismatched model costs image quality: train a new one (omit --model) or correct --thickness/--increment"
+            )
+        if abs(self.grid_spacing_mm - grid_spacing_mm) > 0.02 * grid_spacing_mm:
+            raise InputError(
+                f"the model was trained at in-plane spacing {self.grid_spacing_mm:g} mm, this scan has {grid_spacing_mm:g} mm; "
+                "train a new model for this scan (omit --model)"
+            )
+
+
+def _finite(value, name: str, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) or not low <= value <= high:
+        raise ValueError(f"{name} {value!r} is not a number in {low:g}..{high:g}")
+    return float(value)
+
+
+def _validated_network(bundle: dict) -> torch.nn.Module:
+    """The model's network, after checking keys, architecture bounds, tensor names, shapes and finiteness."""
+    if set(bundle) != MODEL_KEYS:
+        raise ValueError(f"unexpected keys {sorted(set(bundle) - MODEL_KEYS)}, missing {sorted(MODEL_KEYS - set(bundle))}")
+    bounds = ARCHITECTURE_BOUNDS.get(bundle["architecture"])
+    options = bundle["network_options"]
+    if bounds is None or not isinstance(options, dict) or not set(options) <= set(bounds):
+        raise ValueError(f"unknown architecture {bundle['architecture']!r} with options {options!r}")
+    for name, value in options.items():
+        if isinstance(value, bool) or not isinstance(value, int) or not bounds[name][0] <= value <= bounds[name][1]:
+            raise ValueError(f"{bundle['architecture']} {name} {value!r} is outside {bounds[name][0]}..{bounds[name][1]}")
+    if not isinstance(bundle["metrics"], dict):
+        raise ValueError("metrics is not a dictionary")
+    network = build_network(bundle["architecture"], options)
+    expected = network.state_dict()
+    state = bundle["state_dict"]
+    if not isinstance(state, dict) or set(state) != set(expected):
+        raise ValueError("its weights do not match its architecture")
+    for name, tensor in state.items():
+        if (not isinstance(tensor, torch.Tensor) or tensor.shape != expected[name].shape
+                or not tensor.is_floating_point() or not bool(torch.isfinite(tensor).all())):
+            raise ValueError(f"weight {name} has the wrong shape or type, or is not finite")
+    network.load_state_dict(state)
+    return network
+
+
+def _validated_normalisation(values: dict) -> Normalisation:
+    if not isinstance(values, dict) or set(values) != {"offset", "scale", "kind"}:
+        raise ValueError("normalisation must have offset, scale and kind")
+    if values["kind"] not in NORMALISATION_KINDS:
+        raise ValueError(f"unknown normalisation kind {values['kind']!r}")
+    offset = _finite(values["offset"], "normalisation offset", -1e9, 1e9)
+    scale = _finite(values["scale"], "normalisation scale", 1e-6, 1e9)
+    return Normalisation(offset, scale, values["kind"])
