@@ -8,7 +8,7 @@ import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MODULE = ROOT / "SR4ZCT"
 SOURCE = (MODULE / "SR4ZCT.py").read_text()
 TREE = ast.parse(SOURCE)

@@ -1,0 +1,46 @@
+"""Reliability table, model.py: model files validated; a reused model reports no validation of this scan (row 10).
+
+Each case checks the exit code, one `error:` line without a traceback, that nothing was published
+and that the input's bytes are unchanged."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from reliability import FAST, assert_refused, ct, run_cli, small_model  # noqa: F401 (fixtures among them)
+
+
+# ---- row 10: model files validated; a reused model reports no validation of this scan --------------------------------
+MODEL_DAMAGE = [
+    ("missing-key", {"grid_spacing_mm": KeyError}),
+    ("extra-key", {"surprise": 1}),
+    ("unknown-architecture", {"architecture": "transformer"}),
+    ("huge-depth", {"network_options.depth": 100000}),
+    ("huge-width", {"network_options.width": 4096}),
+    ("scale-zero", {"normalisation.scale": 0.0}),
+    ("offset-nan", {"normalisation.offset": float("nan")}),
+    ("weight-nan", {"state_dict.body.0.bias": torch.full((4,), float("nan"))}),
+    ("weight-shape", {"state_dict.body.0.bias": torch.zeros(7)}),
+    ("thickness-absurd", {"acquisition.thickness_mm": 1e308}),
+]
+
+
+@pytest.mark.parametrize("changes", [c for _, c in MODEL_DAMAGE], ids=[n for n, _ in MODEL_DAMAGE])
+def test_bad_model_files_are_refused(tmp_path, ct, capsys, changes):
+    model = small_model(tmp_path / "m.pt", **changes)
+    code, _, err = run_cli(["enhance", ct, "-o", tmp_path / "o.nrrd", "--model", model, *FAST], capsys)
+    assert_refused(code, err, "not a valid SR4ZCT model")
+    assert not (tmp_path / "o.nrrd").exists()
+
+
+def test_reused_model_does_not_claim_this_scans_validation(tmp_path, ct, capsys):
+    model = small_model(tmp_path / "m.pt")
+    code, out, err = run_cli(["enhance", ct, "-o", tmp_path / "o.nrrd", "--model", model, "--report", tmp_path / "r",
+                              "--progress", "none", *FAST], capsys)
+    assert code == 0, err
+    assert "validation PSNR" not in out and "no validation on this scan" in out
+    training = json.loads((tmp_path / "r" / "metrics.json").read_text())["training"]
+    assert "validation_psnr_db" not in training and training["training_scan"]["validation_psnr_db"] == 41.0
