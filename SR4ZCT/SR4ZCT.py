@@ -262,10 +262,11 @@ class SR4ZCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         inputVolume, parameters = self._observedInput, self._parameterNode
         self._observedInputState = _inputState(inputVolume)
         self._acquisition = self.logic.readAcquisition(inputVolume) if inputVolume else None
-        if isinstance(self._acquisition, dict) and _nodeID(parameters.acquisitionVolume) != _nodeID(inputVolume):
+        if self._acquisition is not None and self._acquisition.usable and \
+                _nodeID(parameters.acquisitionVolume) != _nodeID(inputVolume):
             with slicer.util.NodeModify(parameters):  # one Modified event, which calls onParameterNodeModified
-                parameters.thicknessMm = self._acquisition["thickness_mm"]
-                parameters.incrementMm = self._acquisition["increment_mm"]
+                parameters.thicknessMm = self._acquisition.thickness_mm
+                parameters.incrementMm = self._acquisition.increment_mm
                 parameters.acquisitionVolume = inputVolume
 
     def _updateReadouts(self) -> None:
@@ -274,15 +275,18 @@ class SR4ZCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if parameters is None or not parameters.inputVolume:
             self.ui.inPlaneSpacingLabel.text = "-"
             self.ui.sourcesLabel.text = "-"
-        elif not isinstance(acquisition, dict):
+        elif acquisition is None or not acquisition.usable:
             self.ui.inPlaneSpacingLabel.text = "-"
-            self.ui.sourcesLabel.text = _("Cannot use this volume: {error}").format(error=acquisition)
+            self.ui.sourcesLabel.text = _("Cannot use this volume: {error}").format(
+                error=acquisition.error if acquisition else "-")
         else:
-            spacing = acquisition["in_plane_spacing_mm"]
+            spacing = acquisition.in_plane_spacing_mm
             self.ui.inPlaneSpacingLabel.text = f"{spacing[0]:.3f} x {spacing[1]:.3f} mm"
-            sources = [_sourceText(name, value, acquisition[f"{name}_mm"], acquisition[f"{name}_source"])
-                       for name, value in (("thickness", parameters.thicknessMm), ("increment", parameters.incrementMm))]
-            self.ui.sourcesLabel.text = "\n".join([", ".join(sources)] + acquisition["warnings"])
+            sources = [_sourceText(_("thickness"), parameters.thicknessMm, acquisition.thickness_mm,
+                                   acquisition.thickness_source),
+                       _sourceText(_("increment"), parameters.incrementMm, acquisition.increment_mm,
+                                   acquisition.increment_source)]
+            self.ui.sourcesLabel.text = "\n".join([", ".join(sources)] + list(acquisition.warnings))
         self.updateOverlapLabel()
 
     def _checkCanApply(self) -> None:
@@ -391,7 +395,7 @@ def _versionTuple(version: str) -> tuple:
 def _sourceText(name: str, value: float, filled: float, source: str) -> str:
     """'thickness: dicom', or 'thickness: your value' once it differs from what the volume said."""
     edited = abs(value - filled) > 5e-4
-    return _("{name}: {source}").format(name=_(name), source=_("your value") if edited else source)
+    return _("{name}: {source}").format(name=name, source=_("your value") if edited else source)
 
 
 #
@@ -494,12 +498,13 @@ class SR4ZCTLogic(ScriptedLoadableModuleLogic):
 
     # -- geometry ------------------------------------------------------------------------------------------------
     def readAcquisition(self, inputVolume):
-        """In-plane spacing, increment, thickness (DICOM SliceThickness when loaded from DICOM), their sources.
+        """In-plane spacing, increment, thickness (DICOM SliceThickness when loaded from DICOM), their sources
+        (SR4ZCTLib.mrml.nodes.NodeAcquisition).
 
         A DICOM thickness outside the engine's range is clamped, with a note; a volume that cannot be used (e.g. a
-        slice spacing outside that range): the reason (str).
+        slice spacing outside that range) gives its reason as `error`.
         """
-        from SR4ZCTLib.mrml.nodes import dicom_slice_thickness, node_geometry, slicer_dicom_lookup
+        from SR4ZCTLib.mrml.nodes import NodeAcquisition, dicom_slice_thickness, node_geometry, slicer_dicom_lookup
 
         low, high = THICKNESS_RANGE_MM
         lookup = slicer_dicom_lookup()
@@ -513,16 +518,11 @@ class SR4ZCTLogic(ScriptedLoadableModuleLogic):
         try:
             geometry, warnings = node_geometry(inputVolume, thickness_mm=thickness, lookup=lookup)
         except Exception as error:  # shown in the panel, not raised: the user may pick another volume
-            return str(error)
-        acquisition = {
-            "in_plane_spacing_mm": geometry.in_plane_spacing_mm,
-            "thickness_mm": geometry.acquisition.thickness_mm,
-            "increment_mm": geometry.acquisition.increment_mm,
-            "thickness_source": "dicom" if thickness is not None else geometry.thickness_source,
-            "increment_source": geometry.increment_source,
-            "warnings": list(warnings) + notes,
-        }
-        return acquisition
+            return NodeAcquisition(error=str(error))
+        return NodeAcquisition(tuple(geometry.in_plane_spacing_mm), geometry.acquisition.thickness_mm,
+                               geometry.acquisition.increment_mm,
+                               "dicom" if thickness is not None else geometry.thickness_source,
+                               geometry.increment_source, tuple(warnings) + tuple(notes))
 
     # -- processing ----------------------------------------------------------------------------------------------
     def process(self, inputVolume, outputVolume=None, confidence: bool = False, waitForCompletion: bool = True,

@@ -25,7 +25,11 @@ from pathlib import Path
 from typing import Optional
 
 from .errors import InputError
-from .options import RunOptions
+from .options import RunOptions, flagged_fields
+
+ROW_OPTIONS = {f.metadata["option"].column: f.name for f in flagged_fields() if f.metadata["option"].column}
+COLUMNS = ("input", *ROW_OPTIONS, "output")  # input,thickness,increment,output
+HEADER = ",".join(COLUMNS)
 
 SUMMARY_FIELDS = ("name", "input", "status", "seconds", "validation_psnr_db", "validation_linear_psnr_db", "output",
                   "error")
@@ -49,18 +53,17 @@ def read_manifest(path: str | os.PathLike) -> list[Series]:
     """Parse and check the manifest (columns, numbers, unique safe names); relative inputs are from its folder."""
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"manifest {path} does not exist; give a CSV with a header row: input,thickness,increment,output")
+        raise InputError(f"manifest {path} does not exist; give a CSV with a header row: {HEADER}")
     with open(path, newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
         rows = list(reader)
         fields = [f.strip() for f in (reader.fieldnames or [])]
     if "input" not in fields:
         raise InputError(f"manifest {path.name} has no `input` column; the first line must be a header, e.g. "
-                         "input,thickness,increment,output")
-    unknown = set(fields) - {"input", "thickness", "increment", "output"}
+                         f"{HEADER}")
+    unknown = set(fields) - set(COLUMNS)
     if unknown:
-        raise InputError(f"manifest {path.name}: unknown column(s) {', '.join(sorted(unknown))}; "
-                         "use input,thickness,increment,output")
+        raise InputError(f"manifest {path.name}: unknown column(s) {', '.join(sorted(unknown))}; use {HEADER}")
     series, names = [], {}
     for number, row in enumerate(rows, start=2):
         row = {key.strip(): (value or "").strip() for key, value in row.items() if key}
@@ -77,8 +80,8 @@ def read_manifest(path: str | os.PathLike) -> list[Series]:
             raise InputError(f"manifest {path.name}, lines {names[name]} and {number} both write {name}; "
                              "give distinct output names")
         names[name] = number
-        series.append(Series(number, str(source), name, _number(row, "thickness", path, number),
-                             _number(row, "increment", path, number)))
+        series.append(Series(number, str(source), name, **{field: _number(row, column, path, number)
+                                                            for column, field in ROW_OPTIONS.items()}))
     if not series:
         raise InputError(f"manifest {path.name} lists no series; add one row per series below the header")
     return series

@@ -13,6 +13,11 @@ from typing import Any, Optional
 SUMMARY_LEFT_OUT = ("history", "config")  # training entries metrics.json keeps and a summary leaves out
 
 
+def without(training: dict, *names: str) -> dict:
+    """The training figures less the named entries (e.g. the per-validation "history")."""
+    return {k: v for k, v in training.items() if k not in names}
+
+
 @dataclass(frozen=True)
 class RunMetrics:
     """What a run did and measured. `training` holds the training figures (or, for a reused model, its origin)."""
@@ -60,13 +65,13 @@ class RunMetrics:
     def summary(self) -> dict[str, Any]:
         """to_json() without the training history and schedule (small enough for one progress line)."""
         values = self.to_json()
-        values["training"] = {k: v for k, v in self.training.items() if k not in SUMMARY_LEFT_OUT}
+        values["training"] = without(self.training, *SUMMARY_LEFT_OUT)
         return values
 
     def stored(self) -> dict[str, Any]:
         """to_json() without the training history (what batch keeps beside each result)."""
         values = self.to_json()
-        values["training"] = {k: v for k, v in self.training.items() if k != "history"}
+        values["training"] = without(self.training, "history")
         return values
 
     def with_extra(self, **extra) -> "RunMetrics":

@@ -18,6 +18,7 @@ from .core.acquisition import Acquisition
 from .core.intensity import Normalisation
 from .core.networks import build_network
 from .errors import InputError
+from .metrics import without
 
 MODEL_FORMAT = "sr4zct-model-1"
 ACQUISITION_MATCH_MM = 0.05  # a saved model is reused only for an acquisition this close to its own
@@ -53,7 +54,7 @@ class TrainedModel:
             "acquisition": asdict(self.acquisition),
             "grid_spacing_mm": self.grid_spacing_mm,
             "normalisation": self.normalisation.as_dict(),
-            "metrics": {k: v for k, v in self.metrics.items() if k != "history"},
+            "metrics": without(self.metrics, "history"),
         }
 
     def stage(self, publication, path: Path) -> None:

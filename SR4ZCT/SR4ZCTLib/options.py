@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Optional, Sequence
 
 from .errors import InputError
@@ -198,11 +198,6 @@ class RunOptions:
         return {k: v for k, v in asdict(self).items() if k not in ("force", "threads", "model_path", "save_model_path",
                                                                      "batch_size")}
 
-    def with_acquisition(self, thickness_mm: Optional[float], increment_mm: Optional[float]) -> "RunOptions":
-        """A copy whose blank thickness/increment take these values (e.g. a manifest row's, or the scan's)."""
-        return replace(self, thickness_mm=self.thickness_mm if thickness_mm is None else thickness_mm,
-                       increment_mm=self.increment_mm if increment_mm is None else increment_mm)
-
 
 def _option(item) -> Option:
     return item.metadata["option"]
@@ -218,16 +213,13 @@ def spec(name: str) -> Option:
     return next(_option(f) for f in flagged_fields() if f.name == name)
 
 
-def default(name: str) -> Any:
-    """The default of RunOptions field `name`."""
-    item = next(f for f in fields(RunOptions) if f.name == name)
-    return None if item.default is MISSING else item.default
+PANEL_ZERO_IS_DEFAULT = ("target_spacing_mm", "iterations")  # a Slicer spin box at 0 means "the default" for these
 
 
 def panel_range(name: str) -> tuple[float, float]:
-    """The range a Slicer spin box shows for field `name`: the engine's, from 0 where 0 means 'the default'."""
+    """The range a Slicer spin box shows for RunOptions field `name`: the engine's, from 0 where 0 is the default."""
     low, high = spec(name).range
-    return (0, high) if default(name) is None and name != "thickness_mm" and name != "increment_mm" else (low, high)
+    return (0, high) if name in PANEL_ZERO_IS_DEFAULT else (low, high)
 
 
 __all__ = ["CONSISTENCY_LAMBDA", "CONSISTENCY_LAMBDA_RANGE", "DEVICE_CHOICES", "PRESET_NAMES", "PROFILES", "RANGES",

@@ -56,7 +56,7 @@ def test_every_slicer_parameter_name_is_a_parameter_node_field():
 
 def test_every_library_file_is_listed_in_the_module_cmake():
     cmake = (MODULE / "CMakeLists.txt").read_text().replace("${MODULE_NAME}", "SR4ZCT")
-    listed = set(re.findall(r"^\s*(SR4ZCTLib/\S+)\s*$", cmake, flags=re.M))
+    listed = set(re.findall(r"(?<![\w/])(SR4ZCTLib/[^\s)]+)", cmake))
     shipped = {str(p.relative_to(MODULE)) for p in (MODULE / "SR4ZCTLib").rglob("*")
                if p.is_file() and "__pycache__" not in p.parts}
     assert shipped, "no library files found"

@@ -175,6 +175,27 @@ def test_values_outside_the_fields_range_are_clamped_and_shown(SR4ZCT, capfd):
     assert "Traceback" not in capfd.readouterr().err  # nothing raised in a VTK observer either
 
 
+def test_the_panels_ranges_are_the_engines(SR4ZCT):
+    from SR4ZCTLib.options import RANGES, panel_range, spec
+
+    add_volume("CT")
+    host = open_panel(SR4ZCT)
+    ui, parameters = host.ui, host.widget._parameterNode
+    assert set(SR4ZCT.PANEL_RANGES.values()) == {"thickness_mm", "increment_mm", "target_spacing_mm", "iterations", "seed"}
+    for spin_box, field in SR4ZCT.PANEL_RANGES.items():
+        low, high = RANGES[spec(field).range_name]
+        expected = (0 if field in ("target_spacing_mm", "iterations") else low, high)  # 0: "the default" there
+        assert panel_range(field) == expected, field
+        widget = getattr(ui, spin_box)
+        assert (widget.minimum, widget.maximum) == expected, spin_box
+        name = widget.property("SlicerParameterName")
+        setattr(parameters, name, expected[1])  # the engine's largest value is accepted ...
+        assert getattr(parameters, name) == expected[1]
+        with pytest.raises(ValueError):  # ... and one beyond it refused, as the engine refuses it
+            setattr(parameters, name, expected[1] * 2 + 1)
+    assert_clean()
+
+
 def test_a_closed_dicom_database_is_not_queried(SR4ZCT, caplog):
     slicer.dicomDatabase = model.DicomDatabase({"1.2.3": "3.0"}, is_open=False)
     add_volume("CT", (0.7, 0.7, 2.0), dicom_uid="1.2.3")

@@ -6,6 +6,7 @@ exercise it. `slicer` is imported only inside these functions, so the rest of th
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import numpy as np
@@ -71,6 +72,24 @@ def volume_from_node(node, lookup: Optional[DicomValueLookup] = None) -> Volume:
     from_dicom = bool(node.GetAttribute("DICOM.instanceUIDs"))
     return Volume(array=array, ijk_to_world=ijk_to_ras(node), slice_thickness_mm=thickness,
                   source="mrml", slice_axis=2 if from_dicom else None, extra={"name": node.GetName()})
+
+
+@dataclass(frozen=True)
+class NodeAcquisition:
+    """What the panel shows of an input node: in-plane spacing, thickness and increment with their sources and
+    notes; or, as `error`, why the node cannot be used."""
+
+    in_plane_spacing_mm: tuple = ()
+    thickness_mm: Optional[float] = None
+    increment_mm: Optional[float] = None
+    thickness_source: str = ""
+    increment_source: str = ""
+    warnings: tuple = ()
+    error: Optional[str] = None
+
+    @property
+    def usable(self) -> bool:
+        return self.error is None
 
 
 def node_geometry(node, thickness_mm: Optional[float] = None, increment_mm: Optional[float] = None,
