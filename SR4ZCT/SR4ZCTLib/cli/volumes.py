@@ -20,6 +20,8 @@ def register_info(commands) -> None:
                 thickness_mm={"help": "slice thickness in mm (overrides DICOM)"},
                 increment_mm={"help": "slice increment in mm (overrides the geometry)"})
     info.add_argument("--json", action="store_true", help="print JSON")
+    info.add_argument("--estimate-profile", action="store_true",
+                      help="also estimate the slice profile (FWHM, FWTM, family) and the noise from the voxels")
     info.set_defaults(handler=run_info)
 
 
@@ -43,12 +45,25 @@ def run_info(args: argparse.Namespace, console: Console) -> int:
                                             allow_external_data=args.allow_external_data)
     console.warn(notes)
     summary = geometry.as_dict(volume)
+    if args.estimate_profile:
+        summary["slice_profile"] = estimate_profile(volume, geometry).as_dict()
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
         for key, value in summary.items():
             print(f"{key:28s} {value}")
     return 0
+
+
+def estimate_profile(volume, geometry):
+    """The slice profile the voxels show (core/slice_profile.py), the nominal thickness as the search's centre."""
+    import numpy as np
+
+    from ..core.slice_profile import estimate_slice_profile
+
+    stack = np.moveaxis(volume.array, geometry.array_axis, 0)
+    return estimate_slice_profile(stack, min(geometry.in_plane_spacing_mm), geometry.acquisition.increment_mm,
+                                  geometry.acquisition.thickness_mm)
 
 
 def run_simulate(args: argparse.Namespace, console: Console) -> int:

@@ -51,7 +51,7 @@ FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
 END_MASS_TOLERANCE = 1e-3  # profile weight beyond the grid above which an end slice is not used
 
 
-def _reflect_index(index: np.ndarray, length: int) -> np.ndarray:
+def reflect_index(index: np.ndarray, length: int) -> np.ndarray:
     """Fold indices onto 0..length-1 by mirror reflection about the end samples (whole-sample symmetric)."""
     if length == 1:
         return np.zeros_like(index)
@@ -98,7 +98,7 @@ def thick_sampling_matrix(
     )
     matrix = np.zeros((len(centres), n_fine), dtype=np.float64)
     rows = np.broadcast_to(np.arange(len(centres))[:, None], knots.shape)
-    np.add.at(matrix, (rows, _reflect_index(knots.astype(np.int64), n_fine)), weights)
+    np.add.at(matrix, (rows, reflect_index(knots.astype(np.int64), n_fine)), weights)
     return matrix
 
 
