@@ -19,7 +19,7 @@ from .errors import InputError
 
 PROFILES = ("box", "gaussian")  # slice profile models (core/forward.py states their maths)
 PRESET_NAMES = ("fast", "paper")  # training schedules (core/training.py)
-DEVICE_CHOICES = ("auto", "cpu", "cuda")
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")  # mps: Apple silicon's Metal (core/device.py)
 VIEWS = ("coronal", "sagittal")  # the through-plane views the network enhances and fuses
 CONSISTENCY_LAMBDA = 0.1  # relative regularisation of the projection; measured on the phantom, see docs/benchmarks.md
 
@@ -118,7 +118,8 @@ def option(flag: str, kind: str, default: Any = None, **details) -> Any:
 class RunOptions:
     """What to run: the acquisition, the training schedule, the output grid and the checks. None: the default.
 
-    Defaults: thickness and increment from the scan (DICOM SliceThickness, slice positions), a box profile,
+    Defaults: thickness and increment from the scan (DICOM SliceThickness or a `simulate` header, slice positions),
+    the header's profile else box,
     the `fast` preset, the preset's consistency projection, the in-plane spacing as output spacing.
     """
 
@@ -128,8 +129,8 @@ class RunOptions:
     increment_mm: Optional[float] = option(
         "--increment", "mm", help="slice increment in mm, 0.1..50 (default: from slice positions)",
         slicer="incrementMm", column="increment")
-    profile: str = option("--profile", "choice", "box", choices=PROFILES, help="slice profile (default: box)",
-                          slicer="profile")
+    profile: Optional[str] = option("--profile", "choice", choices=PROFILES, slicer="profile",
+                                    help="slice profile (default: the one a `simulate` header records, else box)")
     preset: str = option("--preset", "choice", "fast", choices=PRESET_NAMES, slicer="preset")
     iterations: Optional[int] = option("--iterations", "int", help="training iterations, 1..10000000 (overrides the "
                                        "preset)", slicer="iterations")

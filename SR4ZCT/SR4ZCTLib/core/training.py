@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .acquisition import Acquisition
-from .device import free_cuda_memory, is_out_of_memory
+from .device import free_cuda_memory, is_out_of_memory, precise_dtype
 from ..errors import InputError
 from .forward import degradation_matrix
 from .intensity import PSNR_WINDOW_HU, Normalisation
@@ -167,10 +167,11 @@ def validation_pairs(views: list[torch.Tensor], spacing_mm: float, acquisition: 
 
 
 def window_psnr(estimate: torch.Tensor, truth: torch.Tensor, normalisation: Normalisation) -> float:
-    """PSNR (dB) over the fixed HU window mapped to [0, 1]; on the device, summed in float64."""
+    """PSNR (dB) over the fixed HU window mapped to [0, 1]; on the device, summed in float64 (MPS: float32)."""
     lo, hi = PSNR_WINDOW_HU
-    a = ((normalisation.inverse(estimate.double()) - lo) / (hi - lo)).clamp(0, 1)
-    b = ((normalisation.inverse(truth.double()) - lo) / (hi - lo)).clamp(0, 1)
+    dtype = precise_dtype(estimate.device)
+    a = ((normalisation.inverse(estimate.to(dtype)) - lo) / (hi - lo)).clamp(0, 1)
+    b = ((normalisation.inverse(truth.to(dtype)) - lo) / (hi - lo)).clamp(0, 1)
     mse = float(torch.mean((a - b) ** 2))
     return float("inf") if mse == 0 else 10.0 * math.log10(1.0 / mse)
 
