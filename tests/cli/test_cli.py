@@ -405,7 +405,7 @@ def test_cuda_out_of_memory_in_inference_halves_the_batch_then_uses_the_cpu(monk
 
     calls = []
 
-    def fake_run(network, images, device):
+    def fake_run(network, images, device, compute):
         calls.append((device.type, images.shape[0]))
         if device.type == "cuda":
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
