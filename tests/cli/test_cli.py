@@ -369,7 +369,7 @@ def test_simulate_progress_reports_stages_as_json(tmp_path, capsys):
     events = [json.loads(line) for line in err.splitlines()]
     fractions = [e["fraction"] for e in events if e.get("stage") == "simulating"]
     assert len(fractions) >= 2 and fractions == sorted(fractions) and fractions[-1] == 1.0
-    assert events[-1]["stage"] == "done"
+    assert events[-1]["stage"] == "done" and events[-1]["metrics"]["sr4zct_version"]
     (tmp_path / "quiet").mkdir()
     assert _simulated(tmp_path / "quiet", capsys, ".nrrd", "--progress", "none")[1] == ""
 

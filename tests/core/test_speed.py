@@ -4,6 +4,7 @@ stages; fast settings train deterministically for a seed and thread count (bench
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Optional
 
 import numpy as np
@@ -20,7 +21,6 @@ from SR4ZCTLib.core.volume import Volume, read_through_plane_geometry
 from SR4ZCTLib.enhance import enhance
 from SR4ZCTLib.errors import InputError
 from SR4ZCTLib.options import RunOptions
-from dataclasses import replace
 
 needs_bf16 = pytest.mark.skipif(not cpu_has_native_bf16(), reason="this CPU has no native bfloat16 (avx512_bf16/AMX)")
 ACQUISITION = Acquisition(3.0, 2.0)
@@ -94,9 +94,8 @@ def test_short_schedule_is_two_thirds_of_the_steps_small_patches_first():
         standard.with_schedule("quick")
 
 
-@pytest.mark.parametrize("options", [RunOptions(precision="auto", iterations=6, device="cpu", seed=3, threads=2),
-                                     RunOptions(schedule="short", channels_last=True, iterations=6, device="cpu",
-                                                seed=3, threads=2)])
+@pytest.mark.parametrize("options", [RunOptions(precision="auto", device="cpu", seed=3, threads=2),
+                                     RunOptions(schedule="short", channels_last=True, device="cpu", seed=3, threads=2)])
 def test_fast_settings_train_deterministically_for_a_seed_and_thread_count(options):
     volume = Volume(thick_stack().astype(np.int16), Volume.matrix_from((0, 0, 0), (0.7, 0.7, 2.0), np.eye(3)))
     options = replace(options, iterations=4)

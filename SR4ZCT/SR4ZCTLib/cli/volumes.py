@@ -86,6 +86,7 @@ def run_simulate(args: argparse.Namespace, console: Console) -> int:
     result = Volume(thick, matrix, recorded_acquisition=acquisition)  # the header says how it was made
     write_planned(plan, lambda publication: stage_volume(publication, result, output))
     if args.progress == "json":
-        console(Progress("done", 1.0, "finished", {"output": str(output), "acquisition": acquisition.describe()}))
+        console(Progress("done", 1.0, "finished", {"output": str(output), "acquisition": acquisition.describe(),
+                                                   "sr4zct_version": __version__}))
     print(f"wrote {output}: {thick.shape[2 - axis]} slices, {acquisition.describe()}")
     return 0
