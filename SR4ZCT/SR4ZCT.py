@@ -76,7 +76,7 @@ class SR4ZCTParameterNode:
     incrementMm - Distance between slice centres.
     profile - Slice profile model.
     preset - Training schedule ("fast" on CPUs, "paper" as published).
-    device - auto, cpu or cuda.
+    device - auto, cpu, cuda or mps (Apple silicon).
     targetSpacingMm - Output slice spacing; 0 means the in-plane spacing.
     iterations - Training iterations; 0 means the preset's.
     seed - Random seed (CPU runs are reproducible).

@@ -1,4 +1,4 @@
-"""Reliability table, enhance.py: integer outputs keep a type that holds them; seeded CPU runs identical whatever OMP_NUM_THREADS (rows 7, 18).
+"""Reliability table, enhance.py: integer outputs keep a type that holds them; seeded CPU runs identical whatever OMP_NUM_THREADS (rows 11, 33).
 
 Each case checks the exit code, one `error:` line without a traceback, that nothing was published
 and that the input's bytes are unchanged."""
@@ -14,7 +14,7 @@ import pytest
 from reliability import FAST, MATRIX, SR4ZCTLib, Volume, cli, ct, read_volume, run_cli, subprocess_env, write_volume  # noqa: F401 (fixtures among them)
 
 
-# ---- row 7: integer values above 32767 keep a type that holds them ------------------------------------------------
+# ---- row 11: integer values above 32767 keep a type that holds them ------------------------------------------------
 @pytest.mark.parametrize("dtype,command", [(np.uint16, "enhance"), (np.int32, "enhance"), (np.uint16, "simulate"),
                                            (np.int32, "simulate")])
 def test_large_integer_values_are_not_clipped(tmp_path, small_ct, capsys, dtype, command):
@@ -30,7 +30,7 @@ def test_large_integer_values_are_not_clipped(tmp_path, small_ct, capsys, dtype,
     assert result.max() > 45000, (result.dtype, result.max())
 
 
-# ---- row 18: same input, same seed, CPU: identical output whatever OMP_NUM_THREADS says ------------------------------
+# ---- row 33: same input, same seed, CPU: identical output whatever OMP_NUM_THREADS says ------------------------------
 def test_seeded_cpu_run_is_identical_across_omp_thread_counts(tmp_path):
     rng = np.random.default_rng(2)
     z, y, x = np.mgrid[0:8, 0:80, 0:80]

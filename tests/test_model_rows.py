@@ -1,4 +1,4 @@
-"""Reliability table, model.py: model files validated; a reused model reports no validation of this scan (row 10).
+"""Reliability table, model.py: model files validated; a reused model reports no validation of this scan (row 25).
 
 Each case checks the exit code, one `error:` line without a traceback, that nothing was published
 and that the input's bytes are unchanged."""
@@ -13,7 +13,7 @@ import torch
 from reliability import FAST, assert_refused, ct, run_cli, small_model  # noqa: F401 (fixtures among them)
 
 
-# ---- row 10: model files validated; a reused model reports no validation of this scan --------------------------------
+# ---- row 25: model files validated; a reused model reports no validation of this scan --------------------------------
 MODEL_DAMAGE = [
     ("missing-key", {"grid_spacing_mm": KeyError}),
     ("extra-key", {"surprise": 1}),

@@ -4,6 +4,12 @@ No Slicer or Qt import anywhere in this package: the Slicer module and the ``sr4
 command line both drive it. See Shi, Pelt & Batenburg, MLMI 2023.
 """
 
+import os
+import sys
+
+if sys.platform == "darwin":  # before torch loads: ops Apple's Metal (MPS) lacks run on the CPU (core/device.py)
+    os.environ.setdefault("PYTORCH_ENABLE_MPS_FALLBACK", "1")
+
 from .errors import Cancelled, InputError
 from .core.acquisition import Acquisition
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from .core.confidence import PassDifference, confidence_volume
-from .core.device import resolve_device
+from .core.device import Compute, resolve_compute, resolve_device
 from .core.inference import enhance_stack, resample_along_axis0
 from .core.intensity import Normalisation, check_intensities
 from .core.memory import check_memory, estimate_memory_bytes, fine_grid_size
@@ -44,6 +44,7 @@ class _Plan:
     device: torch.device
     device_note: str
     consistency: bool
+    compute: Compute  # the network's autocast and memory format (--precision; RunOptions.channels_last)
 
 
 def enhance(
@@ -73,7 +74,8 @@ def _enhance(volume: Volume, geometry: ThroughPlaneGeometry, options: RunOptions
              reporter: Reporter) -> EnhanceResult:
     started = time.perf_counter()
     plan = _check(volume, geometry, options, model)
-    reporter.step("reading", 1.0, f"device: {plan.device_note}; {geometry.acquisition.describe()}")
+    reporter.step("reading", 1.0, f"device: {plan.device_note}, {plan.compute.describe()}; "
+                                  f"{geometry.acquisition.describe()}")
     stack = np.moveaxis(volume.array, geometry.array_axis, 0)  # a view: (through-plane, rows, cols)
     timings: dict[str, float] = {}
     if model is None:
@@ -96,6 +98,7 @@ def _enhance(volume: Volume, geometry: ThroughPlaneGeometry, options: RunOptions
         consistency_lambda=float(options.consistency_lambda) if plan.consistency else None,
         input_shape=list(volume.array.shape), output_shape=list(output.array.shape), timings=timings,
         training=training_metrics, threads=torch.get_num_threads() if plan.device.type == "cpu" else None,
+        extra={"compute": plan.compute.describe(), "schedule": options.schedule},
     )
     return EnhanceResult(volume=output, model=model, metrics=metrics, confidence=confidence)
 
@@ -103,7 +106,7 @@ def _enhance(volume: Volume, geometry: ThroughPlaneGeometry, options: RunOptions
 def _check(volume: Volume, geometry: ThroughPlaneGeometry, options: RunOptions,
            model: Optional[TrainedModel]) -> _Plan:
     """Every check before any work: ranges, views, memory, intensities, the model's protocol, the device."""
-    config = preset(options.preset).with_iterations(options.iterations)
+    config = preset(options.preset).with_schedule(options.schedule).with_iterations(options.iterations)
     acquisition = geometry.acquisition
     grid_spacing = min(geometry.in_plane_spacing_mm)
     target = check_target_spacing(options.target_spacing_mm, grid_spacing, acquisition.increment_mm)
@@ -121,7 +124,8 @@ def _check(volume: Volume, geometry: ThroughPlaneGeometry, options: RunOptions,
         model.check_matches(acquisition, grid_spacing)
     device, device_note = resolve_device(options.device)
     consistency = config.consistency if options.consistency is None else bool(options.consistency)
-    return _Plan(config, grid_spacing, target, normalisation, device, device_note, consistency)
+    compute = resolve_compute(options.precision, device, options.channels_last)
+    return _Plan(config, grid_spacing, target, normalisation, device, device_note, consistency, compute)
 
 
 def _train(stack: np.ndarray, volume: Volume, geometry: ThroughPlaneGeometry, plan: _Plan, seed: int,
@@ -131,7 +135,7 @@ def _train(stack: np.ndarray, volume: Volume, geometry: ThroughPlaneGeometry, pl
     for index in range(stack.shape[0]):
         slices[index] = torch.from_numpy(plan.normalisation.forward(np.asarray(stack[index], dtype=np.float32)))
     result = train_network(slices, _in_plane_spacing_for_stack(volume, geometry.axis), geometry.acquisition,
-                           plan.config, plan.normalisation, plan.device, seed, reporter)
+                           plan.config, plan.normalisation, plan.device, seed, reporter, plan.compute)
     return TrainedModel(result.network, plan.config.architecture, dict(plan.config.network_options),
                         geometry.acquisition, plan.grid_spacing_mm, plan.normalisation, result.metrics)
 
@@ -145,7 +149,7 @@ def _infer(stack: np.ndarray, volume: Volume, geometry: ThroughPlaneGeometry, pl
     enhanced = enhance_stack(stack, geometry.acquisition, grid, model.network, plan.normalisation, plan.device,
                              views=tuple(options.views),
                              consistency_lambda=options.consistency_lambda if plan.consistency else None,
-                             batch_size=options.batch_size, reporter=reporter, on_pass=passes)
+                             batch_size=options.batch_size, reporter=reporter, on_pass=passes, compute=plan.compute)
     if abs(target - grid) > 1e-9:
         enhanced = resample_along_axis0(enhanced, grid, target, fine_grid_size(stack.shape[0], increment, target))
     output_array = to_output_type(enhanced, volume.array.dtype)

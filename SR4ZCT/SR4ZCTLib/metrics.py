@@ -10,6 +10,8 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Optional
 
+from . import __version__
+
 SUMMARY_LEFT_OUT = ("history", "config")  # training entries metrics.json keeps and a summary leaves out
 
 
@@ -36,6 +38,7 @@ class RunMetrics:
     timings: dict
     training: dict
     threads: Optional[int]
+    sr4zct_version: Optional[str] = __version__  # the package that made the figures (None: an older run's figures)
     extra: dict = field(default_factory=dict)  # e.g. batch's warnings and key, kept in metrics.json
 
     @property

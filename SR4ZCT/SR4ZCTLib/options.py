@@ -19,7 +19,8 @@ from .errors import InputError
 
 PROFILES = ("box", "gaussian")  # slice profile models (core/forward.py states their maths)
 PRESET_NAMES = ("fast", "paper")  # training schedules (core/training.py)
-DEVICE_CHOICES = ("auto", "cpu", "cuda")
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")  # mps: Apple silicon's Metal (core/device.py)
+PRECISIONS = ("auto", "fp32", "bf16")  # CPU arithmetic of the training steps (core/device.resolve_compute)
 VIEWS = ("coronal", "sagittal")  # the through-plane views the network enhances and fuses
 CONSISTENCY_LAMBDA = 0.1  # relative regularisation of the projection; measured on the phantom, see docs/benchmarks.md
 
@@ -118,7 +119,8 @@ def option(flag: str, kind: str, default: Any = None, **details) -> Any:
 class RunOptions:
     """What to run: the acquisition, the training schedule, the output grid and the checks. None: the default.
 
-    Defaults: thickness and increment from the scan (DICOM SliceThickness, slice positions), a box profile,
+    Defaults: thickness and increment from the scan (DICOM SliceThickness or a `simulate` header, slice positions),
+    the header's profile else box,
     the `fast` preset, the preset's consistency projection, the in-plane spacing as output spacing.
     """
 
@@ -128,13 +130,18 @@ class RunOptions:
     increment_mm: Optional[float] = option(
         "--increment", "mm", help="slice increment in mm, 0.1..50 (default: from slice positions)",
         slicer="incrementMm", column="increment")
-    profile: str = option("--profile", "choice", "box", choices=PROFILES, help="slice profile (default: box)",
-                          slicer="profile")
+    profile: Optional[str] = option("--profile", "choice", choices=PROFILES, slicer="profile",
+                                    help="slice profile (default: the one a `simulate` header records, else box)")
     preset: str = option("--preset", "choice", "fast", choices=PRESET_NAMES, slicer="preset")
     iterations: Optional[int] = option("--iterations", "int", help="training iterations, 1..10000000 (overrides the "
                                        "preset)", slicer="iterations")
     device: str = option("--device", "choice", "auto", choices=DEVICE_CHOICES, slicer="device")
     seed: int = option("--seed", "int", 0, help="random seed, 0..4294967295", slicer="seed")
+    precision: str = option(
+        "--precision", "choice", "fp32", choices=PRECISIONS,
+        help="training arithmetic on a CPU: fp32, bf16 autocast (CPUs with native bfloat16 only), or auto (bf16 where "
+             "native, else fp32); inference stays fp32. Default fp32 until bench/speed.py shows bf16 keeps the "
+             "quality")
     threads: Optional[int] = option(
         "--threads", "int", help="CPU threads, 1..256 (default: min(4, CPU count)); a seeded run gives the same output "
                                  "at the same thread count", slicer="threads")
@@ -159,6 +166,8 @@ class RunOptions:
     # Engine settings that no command-line flag gives.
     views: Sequence[str] = VIEWS  # the views enhanced and fused
     batch_size: Optional[int] = None  # inference batch; default: as large as memory allows
+    channels_last: bool = False  # CPU: run the network in channels_last memory format (bench/speed.py measures it)
+    schedule: str = "standard"  # "standard", or "short": fewer steps, small patches first (core/training.py)
     confidence: bool = False  # also compute the coronal/sagittal disagreement map (core/confidence.py)
 
     @classmethod
@@ -222,5 +231,6 @@ def panel_range(name: str) -> tuple[float, float]:
     return (0, high) if name in PANEL_ZERO_IS_DEFAULT else (low, high)
 
 
-__all__ = ["CONSISTENCY_LAMBDA", "CONSISTENCY_LAMBDA_RANGE", "DEVICE_CHOICES", "PRESET_NAMES", "PROFILES", "RANGES",
+__all__ = ["CONSISTENCY_LAMBDA", "CONSISTENCY_LAMBDA_RANGE", "DEVICE_CHOICES", "PRECISIONS", "PRESET_NAMES", "PROFILES",
+           "RANGES",
            "RunOptions", "VIEWS", "check_range", "default_threads", "flagged_fields", "panel_range", "spec"]

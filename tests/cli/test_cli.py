@@ -297,6 +297,83 @@ def test_simulate_thickens_the_axis_asked_for_not_the_coarsest(tmp_path, capsys,
     assert thick.spacing == pytest.approx(spacing)
 
 
+# ---- the README's Troubleshooting table: rows numbered 1, 2, 3 ..., and every "row N" names one -------------------
+def test_troubleshooting_rows_are_numbered_in_order_and_references_exist():
+    import re
+
+    root = Path(__file__).resolve().parents[2]
+    readme = (root / "README.md").read_text()
+    table = readme[readme.index("## Troubleshooting"):].split("\n\n")[1].splitlines()[2:]
+    numbers = [re.match(r"\| (\d+)\. ", row) for row in table]
+    assert all(numbers), [row[:40] for row, n in zip(table, numbers) if not n]
+    assert [int(n.group(1)) for n in numbers] == list(range(1, len(table) + 1))
+    texts = [readme] + [p.read_text() for p in sorted((root / "docs").glob("*.md")) + sorted(root.glob("tests/**/*_rows.py"))]
+    cited = {int(n) for text in texts for refs in re.findall(r"\brows? (\d+(?:(?:, | and )\d+)*)", text)
+             for n in re.findall(r"\d+", refs)}
+    assert cited and cited <= set(range(1, len(table) + 1)), sorted(cited)
+
+
+# ---- a new user's first hour: --version, simulate's header read back, simulate --progress ---------------------------
+def test_version_is_printed_and_in_every_json_output(tmp_path, ct, capsys):
+    from SR4ZCTLib import __version__
+
+    code, out, _ = run_cli(["--version"], capsys)
+    assert code == 0 and out.strip() == f"sr4zct {__version__}"
+    code, out, _ = run_cli(["info", ct, "--json", "--thickness", "2.5"], capsys)
+    assert json.loads(out)["sr4zct_version"] == __version__
+    code, _, err = run_cli(["enhance", ct, "-o", tmp_path / "o.nrrd", "--iterations", "2", "--device", "cpu",
+                            "--thickness", "2.5", "--report", tmp_path / "r", "--progress", "json"], capsys)
+    assert code == 0, err
+    assert json.loads(err.splitlines()[-1])["metrics"]["sr4zct_version"] == __version__
+    assert json.loads((tmp_path / "r" / "metrics.json").read_text())["sr4zct_version"] == __version__
+
+
+def _simulated(tmp_path: Path, capsys, suffix: str, *extra: str) -> tuple[Path, str]:
+    rng = np.random.default_rng(4)
+    thin = rng.normal(40, 300, (30, 20, 22)).astype(np.int16)
+    source = ct_file(tmp_path, thin, "thin.nrrd", Volume.matrix_from((0, 0, 5.0), (0.7, 0.7, 0.5), np.eye(3)))
+    output = tmp_path / f"thick{suffix}"
+    code, _, err = run_cli(["simulate", source, "-o", output, "--thickness", "3", "--increment", "2",
+                            "--profile", "gaussian", *extra], capsys)
+    assert code == 0, err
+    return output, err
+
+
+@pytest.mark.parametrize("suffix", [".nrrd", ".nii.gz", ".mha"])
+def test_simulate_records_its_acquisition_and_info_and_enhance_read_it(tmp_path, capsys, suffix):
+    thick, _ = _simulated(tmp_path, capsys, suffix)
+    code, out, err = run_cli(["info", thick, "--json"], capsys)
+    summary = json.loads(out)
+    assert code == 0 and "assum" not in err
+    assert (summary["thickness_mm"], summary["increment_mm"], summary["profile"]) == (3.0, 2.0, "gaussian")
+    assert summary["thickness_source"] == summary["increment_source"] == "simulate header"
+    code, _, err = run_cli(["enhance", thick, "-o", tmp_path / "o.nrrd", "--iterations", "2", "--device", "cpu",
+                            "--progress", "none", "--report", tmp_path / "r"], capsys)
+    assert code == 0 and "assum" not in err, err
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert metrics["thickness_source"] == "simulate header" and metrics["acquisition"]["profile"] == "gaussian"
+    assert read_volume(tmp_path / "o.nrrd").recorded_acquisition is None  # the enhanced volume is not thick slices
+    code, out, _ = run_cli(["info", thick, "--json", "--thickness", "4"], capsys)
+    assert json.loads(out)["thickness_source"] == "user"  # the user's number wins
+
+
+def test_a_damaged_simulate_header_is_refused_naming_the_field(tmp_path, capsys):
+    thick, _ = _simulated(tmp_path, capsys, ".nrrd")
+    thick.write_bytes(thick.read_bytes().replace(b"sr4zct_thickness_mm:=3", b"sr4zct_thickness_mm:=x"))
+    code, out, err = run_cli(["info", thick, "--json"], capsys)
+    assert code == 2 and err.startswith("error:") and "sr4zct_* header fields are damaged" in err and out == ""
+
+
+def test_simulate_progress_reports_stages_as_json(tmp_path, capsys):
+    _, err = _simulated(tmp_path, capsys, ".nrrd", "--progress", "json")
+    events = [json.loads(line) for line in err.splitlines()]
+    fractions = [e["fraction"] for e in events if e.get("stage") == "simulating"]
+    assert len(fractions) >= 2 and fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert events[-1]["stage"] == "done" and events[-1]["metrics"]["sr4zct_version"]
+    (tmp_path / "quiet").mkdir()
+    assert _simulated(tmp_path / "quiet", capsys, ".nrrd", "--progress", "none")[1] == ""
+
+
 # ---- memory, devices, GPU out of memory ---------------------------------------------------------------------------
 def test_volume_too_large_for_memory_is_refused_unless_forced(tmp_path, ct, capsys, monkeypatch):
     import psutil
@@ -328,7 +405,7 @@ def test_cuda_out_of_memory_in_inference_halves_the_batch_then_uses_the_cpu(monk
 
     calls = []
 
-    def fake_run(network, images, device):
+    def fake_run(network, images, device, compute):
         calls.append((device.type, images.shape[0]))
         if device.type == "cuda":
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")

@@ -1,4 +1,4 @@
-"""Reliability table, cli/: absurd numbers and full disks refused first, SIGHUP, stale partial files, closed pipes, strict --progress json (rows 12, 14, 15, 16).
+"""Reliability table, cli/: absurd numbers and full disks refused first, SIGHUP, stale partial files, closed pipes, strict --progress json (rows 15, 27, 29, 30, 31).
 
 Each case checks the exit code, one `error:` line without a traceback, that nothing was published
 and that the input's bytes are unchanged."""
@@ -17,7 +17,7 @@ import pytest
 from reliability import FAST, SR4ZCTLib, assert_refused, cli, ct, run_cli, subprocess_env  # noqa: F401 (fixtures among them)
 
 
-# ---- row 12: absurd numbers refused with their range -----------------------------------------------------------------
+# ---- row 27: absurd numbers refused with their range -----------------------------------------------------------------
 ABSURD = [
     (["--thickness", "1e308"], "--thickness.*outside"), (["--thickness", "1e-320"], "--thickness"),
     (["--increment", "1e308"], "--increment.*outside"), (["--increment", "1e-320"], "--increment"),
@@ -47,7 +47,7 @@ def test_output_larger_than_free_disk_space_is_refused(tmp_path, ct, capsys, mon
     assert '"training"' not in err and not (tmp_path / "o.nrrd").exists()
 
 
-# ---- row 14: SIGHUP cancels; stale partial files of dead runs are removed ----------------------------------------------
+# ---- rows 15 and 29: SIGHUP cancels; stale partial files of dead runs are removed -----------------------------------
 def test_sighup_cancels_like_sigterm_and_leaves_nothing(tmp_path, ct):
     process = subprocess.Popen([sys.executable, "-m", "SR4ZCTLib.cli", "enhance", str(ct), "-o", str(tmp_path / "o.nrrd"),
                                 "--iterations", "1000000", "--device", "cpu", "--progress", "json"],
@@ -74,7 +74,7 @@ def test_stale_partial_files_of_dead_runs_are_removed(tmp_path, ct, capsys):
     assert re.fullmatch(rf"\.o\.nii\.gz\.sr4zct-{os.getpid()}-\d+\.partial\.nii\.gz", partial_name(tmp_path / "o.nii.gz").name)
 
 
-# ---- row 15: closed pipe, demo onto a file --------------------------------------------------------------------------
+# ---- row 30: closed pipe, demo onto a file --------------------------------------------------------------------------
 def test_closed_pipe_ends_quietly(ct):
     process = subprocess.Popen([sys.executable, "-m", "SR4ZCTLib.cli", "info", "--json", str(ct)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=subprocess_env())
@@ -92,7 +92,7 @@ def test_demo_out_onto_a_file_is_refused(tmp_path, capsys):
     assert target.read_text() == "keep"
 
 
-# ---- row 16: --progress json is strict JSON, warnings included ---------------------------------------------------------
+# ---- row 31: --progress json is strict JSON, warnings included ---------------------------------------------------------
 def _no_constants(name):
     raise ValueError(f"non-standard JSON constant {name}")
 

@@ -1,4 +1,4 @@
-"""Reliability table, every output path of a run checked before any work (rows 2, 3, 11).
+"""Reliability table, every output path of a run checked before any work (rows 18, 19, 26).
 
 Each case checks the exit code, one `error:` line without a traceback, that nothing was published
 and that the input's bytes are unchanged."""
@@ -14,7 +14,7 @@ import pytest
 from reliability import FAST, assert_refused, dicom, digest, run_cli  # noqa: F401 (fixtures among them)
 
 
-# ---- rows 2, 3, 11: every output path checked before any work ---------------------------------------------------
+# ---- rows 18, 19, 26: every output path checked before any work ---------------------------------------------------
 def _in_dicom(tmp_path, dicom):
     return ["--save-model", dicom / "img003.dcm", "--overwrite"], "would overwrite the input"
 

@@ -1,4 +1,4 @@
-"""Reliability table, io/publish.py: disk full caught by verification, racing runs publish exactly once (rows 1, 4, 5).
+"""Reliability table, io/publish.py: disk full caught by verification, racing runs publish exactly once (rows 17, 20, 21).
 
 Each case checks the exit code, one `error:` line without a traceback, that nothing was published
 and that the input's bytes are unchanged."""
@@ -16,7 +16,7 @@ import pytest
 from reliability import FAST, InputError, MATRIX, SR4ZCTLib, Volume, assert_refused, cli, ct, digest, read_volume, subprocess_env  # noqa: F401 (fixtures among them)
 
 
-# ---- row 1 (and 4): disk full while writing: verified, nothing published, an old output kept ----------------------
+# ---- row 17 (and 20): disk full while writing: verified, nothing published, an old output kept ----------------------
 LIMITED_WRITE = """
 import resource, signal, sys
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
@@ -38,7 +38,7 @@ sys.exit(main(sys.argv[2:]))
 ])
 def test_disk_full_is_caught_by_verification_and_old_output_kept(tmp_path, ct, output, extra, limit, failing):
     target = tmp_path / output
-    target.write_bytes(b"previous output")  # --overwrite: this must survive the failed run (row 4)
+    target.write_bytes(b"previous output")  # --overwrite: this must survive the failed run (row 20)
     before = digest(ct)
     args = ["enhance", str(ct), "-o", str(target), "--overwrite", "--progress", "none", *FAST,
             *[str(tmp_path / a) if a in ("m.pt", "report") else a for a in extra]]
@@ -51,7 +51,7 @@ def test_disk_full_is_caught_by_verification_and_old_output_kept(tmp_path, ct, o
     assert digest(ct) == before
 
 
-# ---- row 5: two runs to the same output: exactly one publishes -------------------------------------------------------
+# ---- row 21: two runs to the same output: exactly one publishes -------------------------------------------------------
 def test_racing_runs_publish_exactly_once(tmp_path, small_ct):
     from SR4ZCTLib.io.publish import OutputPlan, Publication
     from SR4ZCTLib.io.volumes import stage_volume

@@ -1,4 +1,4 @@
-"""Reliability table, io/: truncated inputs, DICOM header oddities, detached data files, NIfTI qform/sform (rows 6, 8, 9, 13, 17).
+"""Reliability table, io/: truncated inputs, DICOM header oddities, detached data files, NIfTI qform/sform (rows 22, 23, 24, 28, 32).
 
 Each case checks the exit code, one `error:` line without a traceback, that nothing was published
 and that the input's bytes are unchanged."""
@@ -14,7 +14,7 @@ import pytest
 from reliability import FAST, InputError, MATRIX, Volume, assert_refused, dicom, digest, read_volume, run_cli, write_volume  # noqa: F401 (fixtures among them)
 
 
-# ---- row 6: truncated inputs of every format are refused --------------------------------------------------------------
+# ---- row 22: truncated inputs of every format are refused --------------------------------------------------------------
 def _cut(path: Path, keep: float) -> Path:
     data = path.read_bytes()
     path.write_bytes(data[:int(len(data) * keep)])
@@ -60,7 +60,7 @@ def test_truncated_inputs_are_refused(tmp_path, small_ct, capsys, make):
     assert not (tmp_path / "out.nrrd").exists()
 
 
-# ---- rows 8 and 13: DICOM header oddities, each an error naming the file -----------------------------------------------
+# ---- rows 23 and 28: DICOM header oddities, each an error naming the file -----------------------------------------------
 def _edit(folder: Path, name: str, change) -> Path:
     import pydicom
 
@@ -138,7 +138,7 @@ def test_truncated_mha_does_not_say_no_such_file(tmp_path, small_ct, capsys):
     assert "No such file" not in err
 
 
-# ---- row 9: detached data files outside the header's folder -------------------------------------------------------
+# ---- row 24: detached data files outside the header's folder -------------------------------------------------------
 @pytest.mark.parametrize("extension,field", [(".nhdr", "data file: "), (".mhd", "ElementDataFile = ")])
 def test_detached_data_outside_the_header_folder_is_refused(tmp_path, small_ct, capsys, extension, field):
     inner = tmp_path / "inner"
@@ -154,7 +154,7 @@ def test_detached_data_outside_the_header_folder_is_refused(tmp_path, small_ct, 
     assert code == 0, err
 
 
-# ---- row 17: NIfTI qform and sform disagree -----------------------------------------------------------------------------
+# ---- row 32: NIfTI qform and sform disagree -----------------------------------------------------------------------------
 def test_nifti_qform_sform_disagreement_warns_naming_the_one_used(tmp_path, small_ct, capsys):
     path = write_volume(Volume(small_ct, MATRIX), tmp_path / "v.nii")
     data = bytearray(path.read_bytes())

@@ -1,4 +1,4 @@
-"""Reliability table, mrml/job.py: the Slicer worker path refuses with the CLI's messages (rows 3, 10, 12).
+"""Reliability table, mrml/job.py: the Slicer worker path refuses with the CLI's messages (rows 19, 25, 27).
 
 Each case checks the exit code, one `error:` line without a traceback, that nothing was published
 and that the input's bytes are unchanged."""
@@ -12,7 +12,7 @@ import pytest
 from reliability import InputError, MATRIX, SR4ZCTLib, small_model  # noqa: F401 (fixtures among them)
 
 
-# ---- the Slicer worker path: rows 3, 10, 12 ----------------------------------------------------------------------------
+# ---- the Slicer worker path: rows 19, 25, 27 ----------------------------------------------------------------------------
 @pytest.fixture
 def node(small_ct):
     slicer = pytest.importorskip("slicer")

@@ -14,6 +14,7 @@ import sys
 import warnings
 from typing import Optional
 
+from .. import __version__
 from ..errors import Cancelled, InputError, ResourceError
 from . import batch, enhance, send, volumes
 from .common import EXIT_BROKEN_PIPE, EXIT_CANCELLED, EXIT_ERROR, Console, Parser
@@ -24,6 +25,7 @@ CANCEL_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") i
 def build_parser() -> argparse.ArgumentParser:
     """Every command; each module registers its own family."""
     parser = Parser(prog="sr4zct", description="Self-supervised through-plane resolution enhancement for thick-slice CT.")
+    parser.add_argument("--version", action="version", version=f"sr4zct {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     volumes.register_info(commands)
     enhance.register_enhance(commands)

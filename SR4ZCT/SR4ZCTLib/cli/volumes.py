@@ -6,9 +6,11 @@ import argparse
 import json
 from pathlib import Path
 
+from .. import __version__
 from ..core.acquisition import Acquisition
 from ..errors import InputError
-from .common import Console, add_options, add_volume_input, run_options
+from ..progress import Progress, Reporter
+from .common import Console, add_options, add_progress, add_volume_input, run_options
 from .enhance import read_geometry
 
 
@@ -32,11 +34,12 @@ def register_simulate(commands) -> None:
     simulate.add_argument("-o", "--output", required=True)
     add_options(simulate, ("thickness_mm", "increment_mm", "profile"),
                 thickness_mm={"required": True, "help": "slice thickness (FWHM) in mm"},
-                increment_mm={"required": True, "help": "slice increment in mm"}, profile={"help": None})
+                increment_mm={"required": True, "help": "slice increment in mm"},
+                profile={"default": "box", "help": "slice profile (default: box); recorded in the output's header"})
     simulate.add_argument("--axis", choices=("i", "j", "k"),
                           help="axis to make thick (default: the DICOM stacking axis, else k)")
     simulate.add_argument("--overwrite", action="store_true")
-    simulate.add_argument("--progress", choices=("bar", "json", "none"), default="bar")
+    add_progress(simulate)
     simulate.set_defaults(handler=run_simulate)
 
 
@@ -48,6 +51,7 @@ def run_info(args: argparse.Namespace, console: Console) -> int:
     if args.estimate_profile:
         summary["slice_profile"] = estimate_profile(volume, geometry).as_dict()
     if args.json:
+        summary["sr4zct_version"] = __version__
         print(json.dumps(summary, indent=2))
     else:
         for key, value in summary.items():
@@ -87,9 +91,17 @@ def run_simulate(args: argparse.Namespace, console: Console) -> int:
         raise InputError(f"increment {args.increment_mm:g} mm is finer than the input's slice spacing {spacing:g} mm; "
                          "simulate from a thinner-slice volume")
     plan.check_space({"-o": volume.array.nbytes})
-    thick = to_output_type(simulate_thick_slices(volume.array, 2 - axis, spacing, acquisition), volume.array.dtype)
+    try:
+        thick = simulate_thick_slices(volume.array, 2 - axis, spacing, acquisition, Reporter(console))
+    finally:
+        console.close()
+    thick = to_output_type(thick, volume.array.dtype)
     matrix = volume.ijk_to_world.copy()
     matrix[:3, axis] = volume.directions[:, axis] * args.increment_mm
-    write_planned(plan, lambda publication: stage_volume(publication, Volume(thick, matrix), output))
+    result = Volume(thick, matrix, recorded_acquisition=acquisition)  # the header says how it was made
+    write_planned(plan, lambda publication: stage_volume(publication, result, output))
+    if args.progress == "json":
+        console(Progress("done", 1.0, "finished", {"output": str(output), "acquisition": acquisition.describe(),
+                                                   "sr4zct_version": __version__}))
     print(f"wrote {output}: {thick.shape[2 - axis]} slices, {acquisition.describe()}")
     return 0

@@ -43,7 +43,10 @@ from scipy.linalg import cho_solve_banded, cholesky_banded
 from scipy.sparse import csr_matrix
 from scipy.special import ndtr
 
+from typing import Optional
+
 from ..options import CONSISTENCY_LAMBDA
+from ..progress import Reporter
 from .acquisition import Acquisition
 
 _SQRT_2PI = math.sqrt(2.0 * math.pi)
@@ -188,18 +191,30 @@ def _sparse(matrix: np.ndarray, like: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(matrix).to(dtype=like.dtype, device=like.device).to_sparse_csr()
 
 
+SIMULATE_CHUNK = 16  # planes across the slice axis per step of simulate_thick_slices (one progress report each)
+
+
 def simulate_thick_slices(
-    volume: np.ndarray | torch.Tensor, axis: int, spacing_mm: float, acquisition: Acquisition
+    volume: np.ndarray | torch.Tensor, axis: int, spacing_mm: float, acquisition: Acquisition,
+    reporter: Optional[Reporter] = None,
 ) -> torch.Tensor:
-    """Thick slices (not interpolated back) from a thin-slice volume; the first centre is the first sample."""
+    """Thick slices (not interpolated back) from a thin-slice volume; the first centre is the first sample.
+
+    Works in chunks of planes across `axis`, reporting stage "simulating" after each (and checking for cancel).
+    """
+    reporter = reporter or Reporter()
     data = torch.as_tensor(volume)
-    if not data.is_floating_point():
-        data = data.to(torch.float32)
     centres = slice_centres(data.shape[axis], spacing_mm, acquisition.increment_mm, 0.0)
-    sampling = thick_sampling_matrix(
+    sampling = torch.from_numpy(thick_sampling_matrix(
         data.shape[axis], centres, acquisition.thickness_mm / spacing_mm, acquisition.profile
-    )
-    return apply_along_axis(data, torch.from_numpy(sampling), axis)
+    ))
+    across = 1 if axis == 0 else 0
+    chunks = torch.split(data, SIMULATE_CHUNK, dim=across)
+    thick = []
+    for index, chunk in enumerate(chunks):
+        thick.append(apply_along_axis(chunk if chunk.is_floating_point() else chunk.to(torch.float32), sampling, axis))
+        reporter.step("simulating", (index + 1) / len(chunks), f"{len(centres)} slices, {acquisition.describe()}")
+    return torch.cat(thick, dim=across)
 
 
 def _mass_outside(centres: np.ndarray, n_fine: int, width: float, profile: str) -> np.ndarray:

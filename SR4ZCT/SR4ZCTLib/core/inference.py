@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .acquisition import Acquisition
-from .device import free_cuda_memory, is_out_of_memory
+from .device import Compute, free_cuda_memory, is_out_of_memory
 from .forward import ConsistencyProjection, linear_interpolation_matrix
 from .intensity import Normalisation
 from .memory import fine_grid_size
@@ -31,8 +31,9 @@ def interpolation_to_grid(n_slices: int, increment_mm: float, spacing_mm: float)
     return torch.from_numpy(linear_interpolation_matrix(positions, n_slices)).float()
 
 
-def _run_network(network: nn.Module, images: torch.Tensor, device: torch.device) -> torch.Tensor:
-    inputs = images[:, None].to(device, non_blocking=True)
+def _run_network(network: nn.Module, images: torch.Tensor, device: torch.device, compute: Compute) -> torch.Tensor:
+    """The network on a batch of images: fp16 autocast on CUDA, else float32 (in `compute`'s memory format)."""
+    inputs = compute.images(images[:, None].to(device, non_blocking=True))
     with torch.no_grad():
         if device.type == "cuda":
             with torch.autocast("cuda", dtype=torch.float16):
@@ -45,8 +46,10 @@ def _run_network(network: nn.Module, images: torch.Tensor, device: torch.device)
 class _BatchRunner:
     """Runs the network in batches; CUDA out of memory halves the batch, then moves to the CPU."""
 
-    def __init__(self, network: nn.Module, device: torch.device, batch_size: int, reporter: Reporter) -> None:
+    def __init__(self, network: nn.Module, device: torch.device, batch_size: int, reporter: Reporter,
+                 compute: Compute = Compute()) -> None:
         self.network, self.device, self.batch_size, self.reporter = network, device, batch_size, reporter
+        self.compute = compute
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         while True:
@@ -54,7 +57,8 @@ class _BatchRunner:
                 results = []
                 for start in range(0, images.shape[0], self.batch_size):
                     self.reporter.check()
-                    results.append(_run_network(self.network, images[start:start + self.batch_size], self.device))
+                    results.append(_run_network(self.network, images[start:start + self.batch_size], self.device,
+                                                self.compute))
                 return torch.cat(results)
             except RuntimeError as error:
                 if self.device.type != "cuda" or not is_out_of_memory(error):
@@ -82,12 +86,14 @@ def enhance_stack(
     batch_size: Optional[int] = None,
     reporter: Optional[Reporter] = None,
     on_pass: Optional[Callable[[str, tuple, torch.Tensor], None]] = None,
+    compute: Compute = Compute(),
 ) -> torch.Tensor:
     """Enhance a stack (n_slices, rows, cols) whose axis 0 is through-plane; returns (n_fine, rows, cols) in HU.
 
     network None gives plain linear interpolation, the baseline. consistency_lambda: None for no
     projection, else the projection's relative regularisation.
     on_pass(view, region, block) sees each view's network output before fusion (block = enhanced[region]).
+    compute: the network's memory format (core/device.Compute; inference itself stays float32 on a CPU).
     """
     reporter = reporter or Reporter()
     n_slices, rows, cols = thick.shape
@@ -100,8 +106,8 @@ def enhance_stack(
         enhanced = torch.einsum("fs,srC->frC", upsample, measured)
     else:
         enhanced = torch.zeros((n_fine, rows, cols), dtype=torch.float32)
-        network = network.to(device).eval()
-        run = _BatchRunner(network, device, batch_size or (16 if device.type == "cuda" else 4), reporter)
+        network = compute.network(network.to(device).eval())
+        run = _BatchRunner(network, device, batch_size or (16 if device.type == "cuda" else 4), reporter, compute)
         weight = 1.0 / len(views)
         total = sum(rows if view == "coronal" else cols for view in views)
         done = 0

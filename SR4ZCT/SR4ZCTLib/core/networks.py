@@ -106,7 +106,10 @@ class ResidualCNN(nn.Module):
         self.body = nn.Sequential(*layers)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return image + self.body(image).to(image.dtype)  # the residual add in the input's precision (float32)
+        """image + correction; under autocast the last layer and the residual add stay in the input's float32."""
+        features = self.body[:-1](image)
+        with torch.autocast(image.device.type, enabled=False):
+            return image + self.body[-1](features.to(image.dtype))
 
 
 ARCHITECTURES = {"msd": MSDNet, "cnn": ResidualCNN}

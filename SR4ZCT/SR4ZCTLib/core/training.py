@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .acquisition import Acquisition
-from .device import free_cuda_memory, is_out_of_memory
+from .device import Compute, free_cuda_memory, is_out_of_memory, precise_dtype
 from ..errors import InputError
 from .forward import degradation_matrix
 from .intensity import PSNR_WINDOW_HU, Normalisation
@@ -49,6 +49,23 @@ class TrainingConfig:
     phases: int = 32
     validations: int = 10
     consistency: bool = True  # project the output onto the measured slices
+    early_patch_size: Optional[int] = None  # a cheaper first stage: patches this small for the first iterations
+    early_fraction: float = 0.0  # the share of iterations on early patches
+
+    def with_schedule(self, schedule: str) -> "TrainingConfig":
+        """The schedule `schedule`: "standard" (as is) or "short" (2/3 of the steps, the first third of them on patches
+        half as wide: about half the work; bench/speed.py measures what it costs in PSNR). Patch presets only."""
+        if schedule not in SCHEDULES:
+            raise InputError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
+        if schedule == "standard" or self.patch_size is None or self.epochs is not None:
+            return self
+        return replace(self, iterations=max(1, round(self.iterations * 2 / 3)), early_patch_size=self.patch_size // 2,
+                       early_fraction=1 / 3)
+
+    def patch_at(self, iteration: int, iterations: int) -> Optional[int]:
+        """The patch size of step `iteration` (1-based) of `iterations`."""
+        early = self.early_patch_size is not None and iteration <= self.early_fraction * iterations
+        return self.early_patch_size if early else self.patch_size
 
     def with_iterations(self, iterations: Optional[int]) -> "TrainingConfig":
         if iterations is None:
@@ -57,6 +74,8 @@ class TrainingConfig:
             raise InputError(f"--iterations must be at least 1, got {iterations}")
         return replace(self, iterations=int(iterations), epochs=None)
 
+
+SCHEDULES = ("standard", "short")
 
 PRESETS: dict[str, TrainingConfig] = {
     # Chosen from measurements on 2 CPU cores (docs/benchmarks.md): a small residual CNN on 64x64
@@ -167,22 +186,25 @@ def validation_pairs(views: list[torch.Tensor], spacing_mm: float, acquisition: 
 
 
 def window_psnr(estimate: torch.Tensor, truth: torch.Tensor, normalisation: Normalisation) -> float:
-    """PSNR (dB) over the fixed HU window mapped to [0, 1]; on the device, summed in float64."""
+    """PSNR (dB) over the fixed HU window mapped to [0, 1]; on the device, summed in float64 (MPS: float32)."""
     lo, hi = PSNR_WINDOW_HU
-    a = ((normalisation.inverse(estimate.double()) - lo) / (hi - lo)).clamp(0, 1)
-    b = ((normalisation.inverse(truth.double()) - lo) / (hi - lo)).clamp(0, 1)
+    dtype = precise_dtype(estimate.device)
+    a = ((normalisation.inverse(estimate.to(dtype)) - lo) / (hi - lo)).clamp(0, 1)
+    b = ((normalisation.inverse(truth.to(dtype)) - lo) / (hi - lo)).clamp(0, 1)
     mse = float(torch.mean((a - b) ** 2))
     return float("inf") if mse == 0 else 10.0 * math.log10(1.0 / mse)
 
 
-def evaluate(network: nn.Module, pairs, normalisation: Normalisation, batch: int = 4) -> tuple[float, float]:
-    """(network PSNR, linear-interpolation PSNR) over the validation pairs, pooled."""
+def evaluate(network: nn.Module, pairs, normalisation: Normalisation, batch: int = 4,
+             compute: Compute = Compute()) -> tuple[float, float]:
+    """(network PSNR, linear-interpolation PSNR) over the validation pairs, pooled; the network runs as at inference
+    (float32, in `compute`'s memory format)."""
     network.eval()
     estimates, degraded_all, truths = [], [], []
     with torch.no_grad():
         for degraded, sharp in pairs:
             for start in range(0, degraded.shape[0], batch):
-                estimates.append(network(degraded[start:start + batch]).flatten())
+                estimates.append(network(compute.images(degraded[start:start + batch])).flatten())
             degraded_all.append(degraded.flatten())
             truths.append(sharp.flatten())
     network.train()
@@ -218,6 +240,7 @@ class TrainingJob:
     normalisation: Normalisation
     device: torch.device
     seed: int = 0
+    compute: Compute = Compute()
 
 
 def train_network(
@@ -229,13 +252,15 @@ def train_network(
     device: torch.device,
     seed: int = 0,
     reporter: Optional[Reporter] = None,
+    compute: Compute = Compute(),
 ) -> TrainingResult:
     """Train on axial images `slices` (n, rows, cols) in network units; keep the best validation checkpoint.
 
-    CUDA out of memory halves the batch (down to 1), then falls back to the CPU with a message.
+    CUDA out of memory halves the batch (down to 1), then falls back to the CPU with a message. `compute`:
+    autocast and memory format (deterministic for a seed, thread count and CPU type either way).
     """
     job = TrainingJob(torch.as_tensor(slices, dtype=torch.float32), in_plane_spacing_mm, acquisition, config,
-                      normalisation, device, seed)
+                      normalisation, device, seed, compute)
     return _train_with_retries(job, reporter or Reporter())
 
 
@@ -251,7 +276,7 @@ def _train_with_retries(job: TrainingJob, reporter: Reporter) -> TrainingResult:
             reporter.step("training", 0.0, f"GPU out of memory; retrying with batch size {smaller.config.batch_size}")
             return _train_with_retries(smaller, reporter)
         reporter.step("training", 0.0, "GPU out of memory even at batch size 1; training on the CPU instead")
-        return _train_with_retries(replace(job, device=torch.device("cpu")), reporter)
+        return _train_with_retries(replace(job, device=torch.device("cpu"), compute=Compute()), reporter)
 
 
 @dataclass
@@ -286,21 +311,23 @@ def _train(job: TrainingJob, reporter: Reporter) -> TrainingResult:
     torch.manual_seed(job.seed)
     pairs = _prepare_pairs(job, torch.Generator().manual_seed(job.seed), reporter)
     config, normalisation = job.config, job.normalisation
-    network = build_network(config.architecture, config.network_options).to(job.device)
+    compute = job.compute
+    network = compute.network(build_network(config.architecture, config.network_options).to(job.device))
     optimiser = torch.optim.Adam(network.parameters(), lr=config.learning_rate)
     iterations = total_iterations(config, pairs.n_training)
     schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=iterations, eta_min=config.learning_rate * 0.05)
                 if config.cosine_decay else None)
     loss_function = nn.MSELoss()
     every = max(1, iterations // max(1, config.validations))
-    best_psnr, linear_psnr = evaluate(network, pairs.held_out, normalisation)
+    best_psnr, linear_psnr = evaluate(network, pairs.held_out, normalisation, compute=compute)
     best_state, best_iteration = copy.deepcopy(network.state_dict()), 0
     history = [{"iteration": 0, "validation_psnr_db": best_psnr}]
     started = last_report = time.perf_counter()
     loss_value = float("nan")
     for iteration in range(1, iterations + 1):
-        degraded, sharp = pairs.sampler.batch(config.batch_size, config.patch_size)
-        loss = loss_function(network(degraded), sharp)
+        degraded, sharp = pairs.sampler.batch(config.batch_size, config.patch_at(iteration, iterations))
+        with compute.training_context(job.device):
+            loss = loss_function(network(compute.images(degraded)).float(), sharp)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
@@ -308,7 +335,7 @@ def _train(job: TrainingJob, reporter: Reporter) -> TrainingResult:
             schedule.step()
         loss_value = float(loss.detach()) if iteration % 10 == 0 or iteration == iterations else loss_value
         if iteration % every == 0 or iteration == iterations:
-            current, _ = evaluate(network, pairs.held_out, normalisation)
+            current, _ = evaluate(network, pairs.held_out, normalisation, compute=compute)
             history.append({"iteration": iteration, "validation_psnr_db": current})
             if current > best_psnr:
                 best_psnr, best_iteration = current, iteration
@@ -342,5 +369,6 @@ def _train(job: TrainingJob, reporter: Reporter) -> TrainingResult:
         "history": history,
         "config": asdict(config),
         "device": str(job.device),
+        "compute": compute.describe(),
     }
     return TrainingResult(network=network, metrics=metrics)

@@ -26,10 +26,11 @@ class Volume:
 
     array: np.ndarray
     ijk_to_world: np.ndarray
-    slice_thickness_mm: Optional[float] = None  # DICOM SliceThickness, when the source had one
+    slice_thickness_mm: Optional[float] = None  # DICOM SliceThickness, or the thickness a `simulate` header recorded
     source: str = "file"  # "dicom", "file" or "mrml"
     slice_axis: Optional[int] = None  # ijk axis the slices were stacked along, when the source says so
     extra: dict = field(default_factory=dict)
+    recorded_acquisition: Optional[Acquisition] = None  # what `sr4zct simulate` made, as its file's header says
 
     @property
     def spacing(self) -> np.ndarray:
@@ -62,8 +63,8 @@ class ThroughPlaneGeometry:
     axis_source: str  # "dicom", "geometry" (coarsest spacing) or "default"
     in_plane_spacing_mm: tuple[float, float]
     acquisition: Acquisition
-    increment_source: str  # "geometry" or "user"
-    thickness_source: str  # "dicom", "user" or "assumed"
+    increment_source: str  # "geometry", "user" or "simulate header"
+    thickness_source: str  # "dicom", "user", "simulate header" or "assumed"
 
     @property
     def array_axis(self) -> int:
@@ -134,35 +135,47 @@ def read_through_plane_geometry(
     volume: Volume,
     thickness_mm: Optional[float] = None,
     increment_mm: Optional[float] = None,
-    profile: str = "box",
+    profile: Optional[str] = None,
 ) -> tuple[ThroughPlaneGeometry, list[str]]:
-    """Through-plane axis, increment and thickness from the volume and the user's overrides, plus warnings."""
+    """Through-plane axis, increment and thickness from the volume and the user's overrides, plus warnings.
+
+    A file `sr4zct simulate` wrote records its thickness, increment and profile: they count as given
+    ("simulate header"); the user's numbers still win. Profile None: the recorded one, else box.
+    """
     check_volume_shape(volume.array)
     check_orthogonal(volume)
     axis, axis_source = through_plane_axis(volume)
     spacing = volume.spacing
     in_plane = tuple(float(s) for a, s in enumerate(spacing) if a != axis)
     notes: list[str] = []
+    recorded = volume.recorded_acquisition
     if increment_mm is not None:
         increment, increment_source = float(increment_mm), "user"
+    elif recorded is not None and abs(recorded.increment_mm - spacing[axis]) <= 1e-3 * spacing[axis]:
+        increment, increment_source = float(recorded.increment_mm), "simulate header"
     else:
         increment, increment_source = float(spacing[axis]), "geometry"
+        if recorded is not None:
+            notes.append(f"the header records an increment of {recorded.increment_mm:g} mm but the slices are "
+                         f"{spacing[axis]:g} mm apart (resampled since?); using {spacing[axis]:g} mm")
+    known_thickness = "simulate header" if recorded is not None else "dicom"
     if thickness_mm is not None:
         thickness, thickness_source = float(thickness_mm), "user"
         if volume.slice_thickness_mm and _far_apart(thickness, volume.slice_thickness_mm):
             notes.append(
-                f"thickness {thickness:g} mm is far from the DICOM SliceThickness {volume.slice_thickness_mm:g} mm; "
+                f"thickness {thickness:g} mm is far from the {_THICKNESS_LABEL[known_thickness]} "
+                f"{volume.slice_thickness_mm:g} mm; "
                 "a wrong thickness costs image quality: check the number"
             )
     elif volume.slice_thickness_mm:
-        thickness, thickness_source = float(volume.slice_thickness_mm), "dicom"
+        thickness, thickness_source = float(volume.slice_thickness_mm), known_thickness
     else:
         thickness, thickness_source = increment, "assumed"
         notes.append(
             f"slice thickness unknown (no DICOM SliceThickness); assuming it equals the increment, {increment:g} mm. "
             "Give --thickness for the best result"
         )
-    acquisition = Acquisition(thickness, increment, profile)
+    acquisition = Acquisition(thickness, increment, profile or (recorded.profile if recorded else "box"))
     if abs(in_plane[0] - in_plane[1]) > 0.02 * min(in_plane):
         notes.append(
             f"in-plane spacing is anisotropic ({in_plane[0]:g} x {in_plane[1]:g} mm); training resamples the coarser "
@@ -171,6 +184,9 @@ def read_through_plane_geometry(
     notes.extend(acquisition.warnings_for(min(in_plane)))
     geometry = ThroughPlaneGeometry(axis, axis_source, in_plane, acquisition, increment_source, thickness_source)
     return geometry, notes
+
+
+_THICKNESS_LABEL = {"dicom": "DICOM SliceThickness", "simulate header": "thickness the simulate header records"}
 
 
 def _far_apart(a: float, b: float) -> bool:

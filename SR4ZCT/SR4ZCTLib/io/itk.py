@@ -18,6 +18,7 @@ from typing import BinaryIO, Callable, Optional
 
 import numpy as np
 
+from ..core.acquisition import Acquisition
 from ..core.volume import Volume
 from ..errors import InputError
 
@@ -30,6 +31,11 @@ NRRD_TYPE_BYTES = {
     8: ("longlong", "long long", "long long int", "signed long long", "signed long long int", "int64", "int64_t",
         "ulonglong", "unsigned long long", "unsigned long long int", "uint64", "uint64_t", "double"),
 }
+# What `sr4zct simulate` records: NRRD key/value fields (`sr4zct_thickness_mm:=3`) and MetaImage header lines
+# (`sr4zct_thickness_mm = 3`); NIfTI has no free fields, so there the same `key=value;...` text is its
+# 80-character `descrip` field (ITK_FileNotes on writing). All round-trip through SimpleITK.
+RECORDED_FIELDS = ("sr4zct_thickness_mm", "sr4zct_increment_mm", "sr4zct_profile")
+NIFTI_NOTES = "ITK_FileNotes"
 META_TYPE_BYTES = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4, "MET_UINT": 4,
                    "MET_LONG": 4, "MET_ULONG": 4, "MET_LONG_LONG": 8, "MET_ULONG_LONG": 8, "MET_FLOAT": 4,
                    "MET_DOUBLE": 8}
@@ -271,6 +277,32 @@ def qform_sform_note(path: Path, shape_kji: tuple[int, ...], ijk_to_lps: np.ndar
             "used. Check the orientation against another viewer, or fix the header")
 
 
+def acquisition_fields(acquisition: Optional[Acquisition]) -> dict[str, str]:
+    """The header fields that record a simulated acquisition (6 significant digits: NIfTI's descrip holds 80 bytes)."""
+    if acquisition is None:
+        return {}
+    return dict(zip(RECORDED_FIELDS, (f"{acquisition.thickness_mm:.6g}", f"{acquisition.increment_mm:.6g}",
+                                      acquisition.profile)))
+
+
+def recorded_acquisition(image, path: Path) -> Optional[Acquisition]:
+    """The acquisition a `simulate` header records (key/value fields, or NIfTI descrip), None when there is none."""
+    values = {key: image.GetMetaData(key) for key in RECORDED_FIELDS if image.HasMetaDataKey(key)}
+    if not values and image.HasMetaDataKey("descrip"):
+        words = (word.partition("=") for word in image.GetMetaData("descrip").split(";"))
+        values = {key.strip(): value.strip() for key, _, value in words if key.strip() in RECORDED_FIELDS}
+    if not values:
+        return None
+    missing = [key for key in RECORDED_FIELDS if key not in values]
+    try:
+        if missing:
+            raise ValueError(f"{', '.join(missing)} missing")
+        return Acquisition(float(values[RECORDED_FIELDS[0]]), float(values[RECORDED_FIELDS[1]]), values[RECORDED_FIELDS[2]])
+    except (ValueError, InputError) as error:
+        raise InputError(f"{path.name}: the sr4zct_* header fields are damaged ({error}); remove them or give "
+                         "--thickness and --increment after fixing the file") from None
+
+
 def read_image_file(path: Path, allow_external_data: bool = False) -> Volume:
     """A NRRD/NIfTI/MetaImage file as it is (any shape), after the strict size and decompression checks."""
     import SimpleITK as sitk
@@ -296,7 +328,9 @@ def read_image_file(path: Path, allow_external_data: bool = False) -> Volume:
     notes = []
     if path.name.lower().endswith((".nii", ".nii.gz")):
         notes = [note for note in [qform_sform_note(path, array.shape, matrix)] if note]
-    return Volume(array=array, ijk_to_world=matrix, source="file", extra={"path": str(path), "notes": notes})
+    recorded = recorded_acquisition(image, path)
+    return Volume(array=array, ijk_to_world=matrix, slice_thickness_mm=recorded.thickness_mm if recorded else None,
+                  source="file", extra={"path": str(path), "notes": notes}, recorded_acquisition=recorded)
 
 
 def stage_image_file(publication, volume: Volume, path: Path) -> None:
@@ -307,10 +341,16 @@ def stage_image_file(publication, volume: Volume, path: Path) -> None:
     image.SetSpacing([float(s) for s in volume.spacing])
     image.SetOrigin([float(v) for v in volume.origin])
     image.SetDirection([float(v) for v in volume.directions.ravel()])
+    fields = acquisition_fields(volume.recorded_acquisition)
+    for key, value in fields.items():
+        image.SetMetaData(key, value)
+    if fields and Path(path).name.lower().endswith((".nii", ".nii.gz")):
+            image.SetMetaData(NIFTI_NOTES, ";".join(f"{key}={value}" for key, value in fields.items()))
 
     def verify(name: str) -> None:
         written = read_image_file(Path(name))
         if (written.array.shape != volume.array.shape or written.array.dtype != volume.array.dtype
+                or acquisition_fields(written.recorded_acquisition) != fields
                 or not np.allclose(written.ijk_to_world, volume.ijk_to_world, atol=1e-4)
                 or not np.array_equal(written.array, volume.array, equal_nan=True)):
             raise InputError("the file read back differs from what was written")
