@@ -21,7 +21,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -32,7 +32,8 @@ from ..core.intensity import check_intensities
 from ..metrics import RunMetrics
 from ..options import RunOptions
 from ..core.memory import check_memory, estimate_memory_bytes
-from .nodes import DicomValueLookup, add_confidence_node, lps_to_ras, node_from_volume, volume_from_node, write_node
+from .nodes import (DicomValueLookup, add_confidence_node, lps_to_ras, node_from_volume, set_provenance,
+                    volume_from_node, write_node)
 from ..progress import Progress
 from ..core.volume import AXIS_NAMES, read_through_plane_geometry
 from ..io.volumes import read_volume
@@ -81,6 +82,27 @@ def kill_process_tree(process: subprocess.Popen) -> None:
         process.kill()
 
 
+def _installed_version(name: str) -> Optional[str]:
+    """A package's installed version, read without importing it (None when absent)."""
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _json_safe(value):
+    """value with tuples as lists and non-finite floats as None, so json.dumps(allow_nan=False) takes it."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
 class EnhanceJob:
     """One run on one input node; see the module docstring for the life cycle."""
 
@@ -107,6 +129,7 @@ class EnhanceJob:
         self._reader_done = False
         self._reader_error: Optional[str] = None
         self._last_line: Optional[str] = None
+        self.geometry = None  # the input's through-plane geometry as the run used it (read by start())
 
     # -- start ---------------------------------------------------------------------------------
     def start(self) -> "EnhanceJob":
@@ -118,6 +141,7 @@ class EnhanceJob:
         geometry, notes = read_through_plane_geometry(volume, self.request.thickness_mm, self.request.increment_mm,
                                                       self.request.profile)
         check_intensities(volume.array, self.request.allow_non_hu)
+        self.geometry = geometry
         grid = min(geometry.in_plane_spacing_mm)
         check_memory(estimate_memory_bytes(volume.array.shape, geometry.array_axis, geometry.acquisition.increment_mm,
                                            grid, self.request.target_spacing_mm or grid), self.request.force)
@@ -250,6 +274,7 @@ class EnhanceJob:
             scene = self.input_node.GetScene()
             self.result_node = node_from_volume(result, scene, self.output_name, reference=self.input_node,
                                                 output_node=self.output_node)
+            set_provenance(self.result_node, self.provenance(), self.input_node)
             if confidence is not None:
                 self._add_confidence_node(confidence, scene)
             self.state = JobState.COMPLETED
@@ -258,6 +283,28 @@ class EnhanceJob:
             self.error = f"importing the result failed: {error}"
         finally:
             self._remove_folder()
+
+    def provenance(self) -> dict:
+        """How the result was made: the request, the acquisition with its sources, the metrics, the versions."""
+        from .. import __version__
+
+        geometry = self.geometry
+        acquisition = geometry.acquisition
+        return {
+            "sr4zct_version": __version__,
+            "torch_version": _installed_version("torch"),
+            "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "input": self.input_node.GetName(),
+            "request": _json_safe(asdict(self.request)),
+            "acquisition": {"thickness_mm": acquisition.thickness_mm, "thickness_source": geometry.thickness_source,
+                            "increment_mm": acquisition.increment_mm, "increment_source": geometry.increment_source,
+                            "profile": acquisition.profile, "through_plane_axis": AXIS_NAMES[geometry.axis],
+                            "in_plane_spacing_mm": [float(v) for v in geometry.in_plane_spacing_mm]},
+            "device": self.metrics.device if self.metrics is not None else None,
+            "seed": self.request.seed,
+            "model": (self.metrics.reused_model if self.metrics is not None else None) or None,
+            "metrics": _json_safe(self.metrics.summary()) if self.metrics is not None else None,
+        }
 
     def _read_confidence(self, result):
         """The worker's confidence map, checked to lie on the result's grid (read before the scene is touched)."""

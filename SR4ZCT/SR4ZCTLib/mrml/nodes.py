@@ -126,6 +126,7 @@ def node_from_volume(volume: Volume, scene, name: str, reference=None, output_no
         raise
     if reference is not None:
         node.SetAndObserveTransformNodeID(reference.GetTransformNodeID())
+        place_beside(node, reference)
     if node.GetDisplayNode() is None:
         node.CreateDefaultDisplayNodes()
     reference_display = reference.GetDisplayNode() if reference is not None else None
@@ -163,7 +164,7 @@ CONFIDENCE_COLOURS = ("vtkMRMLColorTableNodeFileInferno.txt", "vtkMRMLPETProcedu
 
 def add_confidence_node(volume: Volume, scene, result_node, name: str = "SR4ZCT confidence"):
     """The disagreement map (HU, RAS Volume) as a colour-mapped node linked to the result; returns the node."""
-    node = node_from_volume(volume, scene, name)
+    node = node_from_volume(volume, scene, name, reference=result_node)
     try:
         node.SetAttribute("SR4ZCT.confidenceOf", result_node.GetID())
         display = node.GetDisplayNode()
@@ -174,7 +175,6 @@ def add_confidence_node(volume: Volume, scene, result_node, name: str = "SR4ZCT 
             top = max(float(np.percentile(volume.array, 99.5)), 1.0)
             display.SetAutoWindowLevel(False)
             display.SetWindowLevelMinMax(0.0, top)
-        place_beside(node, result_node)
     except BaseException:  # leave no half-made node behind
         scene.RemoveNode(node)
         raise
@@ -192,3 +192,28 @@ def place_beside(node, reference) -> None:
     parent = hierarchy.GetItemParent(reference_item)
     item = hierarchy.GetItemByDataNode(node) or hierarchy.CreateItem(parent, node)
     hierarchy.SetItemParent(item, parent)
+
+
+PROVENANCE_ATTRIBUTE = "SR4ZCT.provenance"  # strict JSON: how the result was made (saved with the scene)
+INPUT_ATTRIBUTE = "SR4ZCT.input"  # the ID of the input node a result was made from
+
+
+def set_provenance(node, record: dict, input_node=None) -> None:
+    """Keep how node was made on it, as a JSON attribute (MRML saves attributes with the scene)."""
+    import json
+
+    node.SetAttribute(PROVENANCE_ATTRIBUTE, json.dumps(record, sort_keys=True, allow_nan=False))
+    if input_node is not None:
+        node.SetAttribute(INPUT_ATTRIBUTE, input_node.GetID())
+
+
+def provenance(node) -> Optional[dict]:
+    """How node was made (set_provenance), or None for a node SR4ZCT did not make (or an unreadable record)."""
+    import json
+
+    text = node.GetAttribute(PROVENANCE_ATTRIBUTE) if node is not None else None
+    try:
+        record = json.loads(text) if text else None
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
