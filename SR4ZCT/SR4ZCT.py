@@ -26,6 +26,7 @@ from slicer.parameterNodeWrapper import (
 from slicer import vtkMRMLScalarVolumeNode
 
 from SR4ZCTLib.options import DEVICE_CHOICES, PRESET_NAMES, PROFILES, RANGES, panel_range  # standard library only
+from SR4ZCTLib.mrml.wording import choice_label, panel_text, source_label  # standard library only
 
 
 #
@@ -64,6 +65,8 @@ PANEL_RANGES = {"thicknessSpinBox": "thickness_mm", "incrementSpinBox": "increme
 THICKNESS_RANGE_MM = RANGES["thickness"]  # the engine's range; a DICOM thickness outside it is clamped, with a note
 MINIMUM_TORCH_VERSION = "2.1"
 CONFIDENCE_OPACITY = 0.4  # the confidence map over the result: the anatomy stays readable beneath it
+CHOICE_COMBO_BOXES = {"deviceComboBox": ("device", DEVICE_CHOICES), "presetComboBox": ("preset", PRESET_NAMES),
+                      "profileComboBox": ("profile", PROFILES)}  # combo box: (option, data values in item order)
 
 
 @parameterNodeWrapper
@@ -80,11 +83,16 @@ class SR4ZCTParameterNode:
     targetSpacingMm - Output slice spacing; 0 means the in-plane spacing.
     iterations - Training iterations; 0 means the preset's.
     seed - Random seed (CPU runs are reproducible).
-    outputVolume - Where the result goes; none creates a new node.
+    outputVolume - Where the result goes; none creates a new node. Set to the result after a run, so the next
+        Apply replaces it unless another one is chosen (a new input starts a new one).
     acquisitionVolume - The input that thickness and increment were filled from (saved with the scene, so a
         reloaded scene keeps the user's values).
     confidenceMap - Also add where the coronal and sagittal passes disagree, as a colour overlay on the result.
         Off by default: the result is read as plain grey values, and the map costs one more volume of memory.
+    allowNonHu - Enhance a volume that is not CT in Hounsfield units (with a percentile intensity mapping).
+    force - Run anyway when the memory estimate exceeds the free memory.
+    showSideBySide - After a run, show input and result side by side (changes the layout and the Red and Yellow
+        views); off leaves the layout as it is.
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
@@ -99,6 +107,9 @@ class SR4ZCTParameterNode:
     outputVolume: vtkMRMLScalarVolumeNode
     acquisitionVolume: vtkMRMLScalarVolumeNode
     confidenceMap: bool = False
+    allowNonHu: bool = False
+    force: bool = False
+    showSideBySide: bool = True
 
 
 #
@@ -225,7 +236,22 @@ class SR4ZCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """
         widgets = {widget.property("SlicerParameterName"): widget for widget in vars(self.ui).values()
                    if widget.property("SlicerParameterName")}
-        return self._parameterNode.connectParametersToGui(widgets)
+        tag = self._parameterNode.connectParametersToGui(widgets)
+        self._labelChoices()
+        return tag
+
+    def _labelChoices(self) -> None:
+        """The combo boxes show words and tooltips; the parameter node keeps the data values ("auto", "cpu", ...).
+
+        connectGui fills each box with the values, in the Choice's order, and reads the current index: relabelling
+        the items keeps that mapping.
+        """
+        for comboBox, (option, values) in CHOICE_COMBO_BOXES.items():
+            widget = getattr(self.ui, comboBox)
+            for index, value in enumerate(values):
+                label, tip = choice_label(option, value)
+                widget.setItemText(index, _(label))
+                widget.setItemData(index, _(tip), qt.Qt.ToolTipRole)
 
     def onParameterNodeModified(self, caller=None, event=None) -> None:
         """A new input (picked, or set from Python) fills thickness and increment; the read-outs follow the node."""
@@ -236,8 +262,19 @@ class SR4ZCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if inputVolume is not self._observedInput:
             self._observeInput(inputVolume)
             self._readInput()
+            self._forgetOutputOfAnotherInput()
         self._updateReadouts()
         self._checkCanApply()
+
+    def _forgetOutputOfAnotherInput(self) -> None:
+        """A result of another input is not replaced by this input's run: the output goes back to a new volume."""
+        from SR4ZCTLib.mrml.nodes import INPUT_ATTRIBUTE
+
+        parameters = self._parameterNode
+        output = parameters.outputVolume
+        madeFrom = output.GetAttribute(INPUT_ATTRIBUTE) if output else None
+        if madeFrom and madeFrom != _nodeID(parameters.inputVolume):
+            parameters.outputVolume = None
 
     def onInputVolumeModified(self, caller=None, event=None) -> None:
         """The input got its voxels, another grid or its DICOM link (nodes are often added before their data)."""
@@ -272,13 +309,15 @@ class SR4ZCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _updateReadouts(self) -> None:
         """In-plane spacing, overlap, and where thickness and increment came from."""
         parameters, acquisition = self._parameterNode, self._acquisition
+        self._updateCost()
+        self.ui.provenanceLabel.text = self.logic.describeProvenance(parameters.outputVolume if parameters else None)
         if parameters is None or not parameters.inputVolume:
             self.ui.inPlaneSpacingLabel.text = "-"
             self.ui.sourcesLabel.text = "-"
         elif acquisition is None or not acquisition.usable:
             self.ui.inPlaneSpacingLabel.text = "-"
             self.ui.sourcesLabel.text = _("Cannot use this volume: {error}").format(
-                error=acquisition.error if acquisition else "-")
+                error=panel_text(acquisition.error) if acquisition else "-")
         else:
             spacing = acquisition.in_plane_spacing_mm
             self.ui.inPlaneSpacingLabel.text = f"{spacing[0]:.3f} x {spacing[1]:.3f} mm"
@@ -286,8 +325,17 @@ class SR4ZCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                    acquisition.thickness_source),
                        _sourceText(_("increment"), parameters.incrementMm, acquisition.increment_mm,
                                    acquisition.increment_source)]
-            self.ui.sourcesLabel.text = "\n".join([", ".join(sources)] + list(acquisition.warnings))
+            self.ui.sourcesLabel.text = "\n".join([", ".join(sources)] + [panel_text(w) for w in acquisition.warnings])
         self.updateOverlapLabel()
+
+    def _updateCost(self) -> None:
+        """Result size and spacing, memory needed against free, time on the chosen device; 'Run anyway' when refused."""
+        parameters, acquisition = self._parameterNode, self._acquisition
+        usable = parameters is not None and parameters.inputVolume and acquisition is not None and acquisition.usable
+        cost = self.logic.estimateCost(acquisition, parameters.incrementMm, parameters.targetSpacingMm or None,
+                                       parameters.preset, parameters.iterations or None) if usable else None
+        self.ui.costLabel.text = self.logic.describeCost(cost, parameters.device) if cost else "-"
+        self.ui.runAnywayCheckBox.visible = bool(cost is not None and cost.refused or parameters and parameters.force)
 
     def _checkCanApply(self) -> None:
         """Apply needs an input; during a run the button is Cancel."""
@@ -327,13 +375,18 @@ class SR4ZCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.deviceStatusLabel.text = self.logic.deviceDescription()
             parameters = self._parameterNode
             self.ui.metricsLabel.text = ""
-            self._job = self.logic.process(
-                parameters.inputVolume, parameters.outputVolume,
-                thicknessMm=parameters.thicknessMm, incrementMm=parameters.incrementMm, profile=parameters.profile,
-                preset=parameters.preset, iterations=parameters.iterations or None,
-                targetSpacingMm=parameters.targetSpacingMm or None, device=parameters.device, seed=int(parameters.seed),
-                confidence=parameters.confidenceMap, waitForCompletion=False, logCallback=logging.info,
-            )
+            try:
+                self._job = self.logic.process(
+                    parameters.inputVolume, parameters.outputVolume,
+                    thicknessMm=parameters.thicknessMm, incrementMm=parameters.incrementMm, profile=parameters.profile,
+                    preset=parameters.preset, iterations=parameters.iterations or None,
+                    targetSpacingMm=parameters.targetSpacingMm or None, device=parameters.device,
+                    seed=int(parameters.seed), allowNonHu=parameters.allowNonHu, force=parameters.force,
+                    confidence=parameters.confidenceMap, waitForCompletion=False, logCallback=logging.info,
+                )
+            except (ValueError, RuntimeError) as error:  # the engine's InputError, ResourceError: the panel's words
+                self.ui.statusLabel.text = _("Not started: {error}").format(error=panel_text(str(error)))
+                raise RuntimeError(panel_text(str(error))) from None
             self.ui.progressBar.setVisible(True)
             self.ui.progressBar.value = 0
             self.ui.statusLabel.text = _("Starting...")
@@ -365,12 +418,17 @@ class SR4ZCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                                                 self.logic.describeConfidence(job.confidence_node)]))
             if job.metrics is not None and job.metrics.device:
                 self.ui.deviceStatusLabel.text = _("{device} (last run)").format(device=job.metrics.device)
-            self.logic.showSideBySide(job.input_node, job.result_node, job.confidence_node)
+            if self._parameterNode is not None:  # the next Apply replaces this result unless another is chosen
+                self._parameterNode.outputVolume = job.result_node
+                self._updateReadouts()
+            if self._parameterNode is None or self._parameterNode.showSideBySide:
+                self.logic.showSideBySide(job.input_node, job.result_node, job.confidence_node)
         elif state == "cancelled":
             self.ui.statusLabel.text = _("Cancelled: nothing was added.")
         else:
-            self.ui.statusLabel.text = _("Failed: {error}").format(error=job.error)
-            slicer.util.errorDisplay(_("SR4ZCT failed: {error}").format(error=job.error))
+            error = panel_text(job.error or "")
+            self.ui.statusLabel.text = _("Failed: {error}").format(error=error)
+            slicer.util.errorDisplay(_("SR4ZCT failed: {error}").format(error=error))
 
 
 def _nodeID(node) -> Optional[str]:
@@ -393,9 +451,9 @@ def _versionTuple(version: str) -> tuple:
 
 
 def _sourceText(name: str, value: float, filled: float, source: str) -> str:
-    """'thickness: dicom', or 'thickness: your value' once it differs from what the volume said."""
+    """'thickness: from DICOM', or 'thickness: your value' once it differs from what the volume said."""
     edited = abs(value - filled) > 5e-4
-    return _("{name}: {source}").format(name=name, source=_("your value") if edited else source)
+    return _("{name}: {source}").format(name=name, source=_(source_label("user" if edited else source)))
 
 
 #
@@ -522,7 +580,9 @@ class SR4ZCTLogic(ScriptedLoadableModuleLogic):
         return NodeAcquisition(tuple(geometry.in_plane_spacing_mm), geometry.acquisition.thickness_mm,
                                geometry.acquisition.increment_mm,
                                "dicom" if thickness is not None else geometry.thickness_source,
-                               geometry.increment_source, tuple(warnings) + tuple(notes))
+                               geometry.increment_source, tuple(warnings) + tuple(notes),
+                               shape=tuple(reversed(inputVolume.GetImageData().GetDimensions())),
+                               array_axis=geometry.array_axis)
 
     # -- processing ----------------------------------------------------------------------------------------------
     def process(self, inputVolume, outputVolume=None, confidence: bool = False, waitForCompletion: bool = True,
@@ -571,10 +631,74 @@ class SR4ZCTLogic(ScriptedLoadableModuleLogic):
         """The held-out figures, time and device of a finished run (SR4ZCTLib.metrics.RunMetrics), for the panel."""
         if metrics is None or metrics.validation_psnr_db is None:
             return ""
-        return _("Held-out validation PSNR {psnr:.2f} dB (linear interpolation {linear:.2f} dB); "
+        return _("In-plane stand-in check (held-out axial images blurred in-plane as this scan's slices are; not a "
+                 "measure of the through-plane result): PSNR {psnr:.2f} dB, linear interpolation {linear:.2f} dB; "
                  "{total:.0f} s on {device}").format(psnr=metrics.validation_psnr_db,
                                                    linear=metrics.validation_linear_psnr_db,
                                                    total=metrics.total_seconds, device=metrics.device or "?")
+
+    @staticmethod
+    def estimateCost(acquisition, incrementMm: float, targetSpacingMm: Optional[float], preset: str,
+                     iterations: Optional[int] = None):
+        """What enhancing a volume (readAcquisition's NodeAcquisition) will cost (SR4ZCTLib.mrml.cost.RunCost)."""
+        from SR4ZCTLib.mrml.cost import estimate_cost
+
+        return estimate_cost(acquisition.shape, acquisition.array_axis, incrementMm, acquisition.in_plane_spacing_mm,
+                             targetSpacingMm, preset, iterations)
+
+    @staticmethod
+    def describeCost(cost, device: str = "auto") -> str:
+        """The cost read-out: result size and spacing, memory needed against free, time on the chosen device."""
+        from SR4ZCTLib.mrml.cost import BENCHMARK_SOURCE, duration_text
+
+        slices, rows, columns = cost.output_shape
+        lines = [_("Result: {slices} slices of {rows} x {columns}, every {spacing:.3f} mm").format(
+            slices=slices, rows=rows, columns=columns, spacing=cost.output_spacing_mm)]
+        needed = cost.memory_needed_bytes / 2**30
+        if cost.memory_free_bytes is None:
+            lines.append(_("Memory: about {needed:.1f} GiB needed (free memory unknown)").format(needed=needed))
+        elif cost.refused:
+            lines.append(_("Memory: about {needed:.1f} GiB needed but {free:.1f} GiB free: Apply will refuse. Close "
+                           "other programs, or tick 'Run anyway' to try").format(
+                needed=needed, free=cost.memory_free_bytes / 2**30))
+        else:
+            lines.append(_("Memory: about {needed:.1f} GiB needed, {free:.1f} GiB free").format(
+                needed=needed, free=cost.memory_free_bytes / 2**30))
+        devices = {"cpu": ("cpu",), "cuda": ("cuda",), "mps": ("mps",)}.get(device, ("cpu", "cuda"))
+        times = [_("{time} on {device}").format(time=_(duration_text(cost.seconds.get(d))),
+                                              device=_(choice_label("device", d)[0])) for d in devices]
+        lines.append(_("Time: {times} (from the {source})").format(times=", ".join(times), source=_(BENCHMARK_SOURCE)))
+        return "\n".join(lines)
+
+    @staticmethod
+    def describeProvenance(resultVolume) -> str:
+        """How a result was made (its SR4ZCT.provenance attribute), in a few lines; '' for another volume."""
+        from SR4ZCTLib.mrml.nodes import provenance
+
+        record = provenance(resultVolume)
+        if record is None:
+            return ""
+        acquisition, request = record.get("acquisition", {}), record.get("request", {})
+        metrics = record.get("metrics") or {}
+        training = metrics.get("training", {})
+        lines = [
+            _("Made by SR4ZCT {version} (PyTorch {torch}) on {date} from {input}").format(
+                version=record.get("sr4zct_version"), torch=record.get("torch_version") or "?",
+                date=record.get("created_utc", "?"), input=record.get("input", "?")),
+            _("Thickness {thickness:g} mm ({thicknessSource}), increment {increment:g} mm ({incrementSource}), "
+              "{profile} profile").format(
+                thickness=acquisition.get("thickness_mm", 0), increment=acquisition.get("increment_mm", 0),
+                thicknessSource=_(source_label(acquisition.get("thickness_source", ""))),
+                incrementSource=_(source_label(acquisition.get("increment_source", ""))),
+                profile=_(choice_label("profile", acquisition.get("profile", ""))[0]).lower()),
+            _("{preset}, {iterations} iterations, seed {seed}, on {device}").format(
+                preset=_(choice_label("preset", request.get("preset", ""))[0]),
+                iterations=training.get("iterations", request.get("iterations") or "?"), seed=record.get("seed"),
+                device=record.get("device") or "?"),
+        ]
+        if record.get("model"):
+            lines.append(_("Model reused: {model}").format(model=record["model"]))
+        return "\n".join(lines)
 
     @staticmethod
     def confidenceNode(outputVolume):

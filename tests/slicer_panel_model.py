@@ -335,6 +335,9 @@ class ctkDoubleSpinBox(QDoubleSpinBox):
     specialValueText = None  # not a Qt property of this class: the .ui value becomes a dynamic property
 
 
+QT_TOOLTIP_ROLE, QT_USER_ROLE = 3, 256  # Qt::ToolTipRole, Qt::UserRole
+
+
 class QComboBox(QWidget):
     DEFAULTS = {**QWidget.DEFAULTS, "currentIndex": -1}
     currentIndexChanged = signal()
@@ -343,14 +346,31 @@ class QComboBox(QWidget):
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
         self._items: list[str] = []
+        self._data: list[dict] = []  # per item: role -> value (Qt::ItemDataRole)
+
+    def itemText(self, index: int) -> str:
+        return self._items[index] if 0 <= index < len(self._items) else ""
+
+    def setItemText(self, index: int, text: str) -> None:
+        """Qt changes only the shown text: the current index and its signals are untouched."""
+        if 0 <= index < len(self._items):
+            self._items[index] = str(text)
+
+    def itemData(self, index: int, role: int = QT_USER_ROLE):
+        return self._data[index].get(role) if 0 <= index < len(self._items) else None
+
+    def setItemData(self, index: int, value, role: int = QT_USER_ROLE) -> None:
+        if 0 <= index < len(self._items):
+            self._data[index][role] = value
 
     def addItem(self, text: str) -> None:
         self._items.append(str(text))
+        self._data.append({})
         if self.currentIndex == -1:  # Qt selects the first item added to an empty box
             self.currentIndex = 0
 
     def clear(self) -> None:
-        self._items = []
+        self._items, self._data = [], []
         self.currentIndex = -1
 
     def count(self) -> int:
@@ -761,7 +781,7 @@ def install(version: str) -> types.ModuleType:
         raise FileNotFoundError(folder)
     classes = {**WIDGET_CLASSES, **LAYOUT_CLASSES}
     qt = _module("qt", QObject=QObject, QTimer=QTimer, QFile=QFile, QUiLoader=QUiLoader,
-                 Qt=types.SimpleNamespace(WaitCursor=3),
+                 Qt=types.SimpleNamespace(WaitCursor=3, ToolTipRole=QT_TOOLTIP_ROLE, UserRole=QT_USER_ROLE),
                  **{n: c for n, c in classes.items() if n.startswith("Q")})
     ctk = _module("ctk", **{n: c for n, c in classes.items() if n.startswith("ctk")})
     for module_name, names in UNMODELLED.items():

@@ -68,10 +68,10 @@ def test_panel_opens_with_every_field_connected(SR4ZCT):
     assert ui.inputSelector.currentNode().GetName() == "CT"
     assert ui.applyButton.enabled and ui.applyButton.text == "Apply"
     assert ui.targetSpacingSpinBox.text == "in-plane" and ui.iterationsSpinBox.text == "preset"
-    assert ui.profileComboBox.currentText == "box" and ui.deviceComboBox.currentText == "auto"
+    assert ui.profileComboBox.currentText == "Box" and ui.deviceComboBox.currentText == "Automatic"
     assert "PyTorch" in ui.deviceStatusLabel.text
     assert [entry for entry in ui.outputSelector.items() if entry.lower().startswith("create new")] == [
-        "Create new volume"]
+        "Create new volume on Apply"]
 
 
 def test_picked_volumes_stick_and_fill_the_acquisition(SR4ZCT):
@@ -86,13 +86,13 @@ def test_picked_volumes_stick_and_fill_the_acquisition(SR4ZCT):
     assert ui.inputSelector.currentNode() is thin and parameters.inputVolume is thin
     assert (parameters.thicknessMm, parameters.incrementMm) == (3.0, 2.0)
     assert (ui.thicknessSpinBox.value, ui.incrementSpinBox.value) == (3.0, 2.0)
-    assert ui.sourcesLabel.text.startswith("thickness: dicom, increment: geometry")
+    assert ui.sourcesLabel.text.startswith("thickness: from DICOM, increment: from slice positions")
     assert ui.overlapLabel.text == "1.000 mm overlap" and ui.inPlaneSpacingLabel.text == "0.600 x 0.600 mm"
 
     ui.inputSelector.setCurrentNode(thick)
     assert ui.inputSelector.currentNode() is thick and parameters.inputVolume is thick
     assert (ui.thicknessSpinBox.value, ui.incrementSpinBox.value) == (5.0, 5.0)
-    assert ui.sourcesLabel.text.startswith("thickness: assumed, increment: geometry")
+    assert ui.sourcesLabel.text.startswith("thickness: assumed, increment: from slice positions")
     assert_clean()
 
 
@@ -107,7 +107,7 @@ def test_exit_enter_and_scene_close_keep_the_pick(SR4ZCT):
     parameters = host.widget._parameterNode
     assert ui.inputSelector.currentNode() is thin and parameters.inputVolume is thin
     assert (parameters.profile, parameters.preset, parameters.device) == ("box", "fast", "cpu")
-    assert (ui.profileComboBox.currentText, ui.deviceComboBox.currentText) == ("box", "cpu")
+    assert (ui.profileComboBox.currentText, ui.deviceComboBox.currentText) == ("Box", "CPU")
     assert parameters.thicknessMm == 2.0 and ui.thicknessSpinBox.value == 2.0
     ui.inputSelector.setCurrentNode(thick)
     assert parameters.inputVolume is thick and parameters.thicknessMm == 5.0
@@ -241,7 +241,7 @@ def test_apply_runs_a_job_that_adds_exactly_one_node(SR4ZCT):
     assert volume_count() == count + 1
     result = host.widget._job.result_node
     assert result.GetName() == "CT SR4ZCT" and result.GetSpacing()[2] == pytest.approx(0.7)
-    assert ui.metricsLabel.text.startswith("Held-out validation PSNR") and ui.deviceStatusLabel.text.startswith("CPU")
+    assert ui.metricsLabel.text.startswith("In-plane stand-in check") and ui.deviceStatusLabel.text.startswith("CPU")
     assert "overlay" not in ui.metricsLabel.text and host.widget._job.confidence_node is None
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(ct), before)
     assert layout.layout == slicer.vtkMRMLLayoutNode.SlicerLayoutSideBySideView
@@ -279,7 +279,7 @@ def test_apply_with_the_confidence_map_adds_it_over_the_result(SR4ZCT):
     assert (red.GetBackgroundVolumeID(), red.GetForegroundVolumeID()) == (ct.GetID(), None)
     assert (yellow.GetBackgroundVolumeID(), yellow.GetForegroundVolumeID()) == (result.GetID(), confidence.GetID())
     assert yellow.GetForegroundOpacity() == pytest.approx(0.4)
-    assert ui.metricsLabel.text.startswith("Held-out validation PSNR")
+    assert ui.metricsLabel.text.startswith("In-plane stand-in check")
     assert "HU of disagreement" in ui.metricsLabel.text and "less sure" in ui.metricsLabel.text
     assert_clean()
 

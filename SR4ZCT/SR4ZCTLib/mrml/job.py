@@ -92,6 +92,26 @@ def _installed_version(name: str) -> Optional[str]:
         return None
 
 
+def _with_own_sources(geometry, volume):
+    """geometry with the volume's own source ("dicom", "geometry", "assumed") for a given number equal to the
+    volume's own: the panel passes the values it filled in, which came from the volume, not from the user. Never
+    claims more than the volume says (an unchanged assumed thickness stays "assumed")."""
+    try:
+        own, _ = read_through_plane_geometry(volume, None, None, geometry.acquisition.profile)
+    except InputError:  # e.g. a DICOM thickness outside the engine's range: the given numbers are the user's
+        return geometry
+    thickness = own.thickness_source if _same_mm(own.acquisition.thickness_mm, geometry.acquisition.thickness_mm) \
+        else geometry.thickness_source
+    increment = own.increment_source if _same_mm(own.acquisition.increment_mm, geometry.acquisition.increment_mm) \
+        else geometry.increment_source
+    return replace(geometry, thickness_source=thickness, increment_source=increment)
+
+
+def _same_mm(a: float, b: float) -> bool:
+    """Equal to the panel's 3 decimals."""
+    return abs(a - b) <= 5e-4
+
+
 def _json_safe(value):
     """value with tuples as lists and non-finite floats as None, so json.dumps(allow_nan=False) takes it."""
     if isinstance(value, dict):
@@ -141,7 +161,7 @@ class EnhanceJob:
         geometry, notes = read_through_plane_geometry(volume, self.request.thickness_mm, self.request.increment_mm,
                                                       self.request.profile)
         check_intensities(volume.array, self.request.allow_non_hu)
-        self.geometry = geometry
+        self.geometry = _with_own_sources(geometry, volume)
         grid = min(geometry.in_plane_spacing_mm)
         check_memory(estimate_memory_bytes(volume.array.shape, geometry.array_axis, geometry.acquisition.increment_mm,
                                            grid, self.request.target_spacing_mm or grid), self.request.force)

@@ -86,6 +86,8 @@ class NodeAcquisition:
     increment_source: str = ""
     warnings: tuple = ()
     error: Optional[str] = None
+    shape: tuple = ()  # the (k, j, i) array's shape
+    array_axis: int = 0  # its through-plane numpy axis
 
     @property
     def usable(self) -> bool:

@@ -43,6 +43,9 @@ PANEL_PHRASES = (
     (r"give --dicom-template DIR \([^)]*\)", "load the input from DICOM"),
     (r"convert the series to NRRD and give --thickness", "type the thickness in 'Slice thickness'"),
     (r"pass --allow-external-data if you trust it", "load the volume into Slicer first"),
+    (r"\. Choose another path or pass --overwrite", ": choose another file"),
+    (r"([Cc]hoose another [a-z]+) or pass --overwrite", r"\1"),
+    (r" \(--overwrite never replaces a folder\)", ""),
 )
 FLAG = re.compile(r"--[a-z][a-z-]*[a-z]")
 
