@@ -23,7 +23,7 @@ from slicer.parameterNodeWrapper import (
     WithinRange,
 )
 
-from slicer import vtkMRMLScalarVolumeNode
+from slicer import vtkMRMLMarkupsROINode, vtkMRMLScalarVolumeNode
 
 from SR4ZCTLib.options import DEVICE_CHOICES, PRESET_NAMES, PROFILES, RANGES, panel_range  # standard library only
 from SR4ZCTLib.mrml.wording import choice_label, panel_text, source_label  # standard library only
@@ -93,6 +93,9 @@ class SR4ZCTParameterNode:
     force - Run anyway when the memory estimate exceeds the free memory.
     showSideBySide - After a run, show input and result side by side (changes the layout and the Red and Yellow
         views); off leaves the layout as it is.
+    saveModel - Save the trained model in the model library (keyed by its protocol) for the next scan.
+    modelFile - A library model to apply instead of training ("" trains a new one); the model combo box sets it.
+    region - Enhance only the voxels inside this markups ROI (cropped on the input's own grid); none: the whole volume.
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
@@ -110,6 +113,9 @@ class SR4ZCTParameterNode:
     allowNonHu: bool = False
     force: bool = False
     showSideBySide: bool = True
+    saveModel: bool = False
+    modelFile: str = ""
+    region: vtkMRMLMarkupsROINode
 
 
 #
@@ -132,6 +138,7 @@ class SR4ZCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._observedInput = None  # the input the read-outs describe (observed: it may get its voxels later)
         self._observedInputState = None  # its grid and DICOM link when last read
         self._acquisition = None  # what readAcquisition said about it (or why it cannot be used)
+        self._observedRegion = None  # the ROI the cost read-out describes (observed: the user moves it)
 
     def setup(self) -> None:
         """Called when the user opens the module the first time and the widget is initialized."""
@@ -158,6 +165,9 @@ class SR4ZCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         # Buttons; the read-outs follow the parameter node (onParameterNodeModified), never a widget's signal:
         # a slot on a widget signal runs before the node has the widget's new value.
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChosen)
+        self._listedModels = []  # the library models the model combo box lists, in its order after "Train a new model"
+        self._listingModels = False
         self.ui.progressBar.setVisible(False)
         self.ui.deviceStatusLabel.text = self.logic.torchDescription()  # no torch import: the panel opens without it
 
@@ -188,6 +198,7 @@ class SR4ZCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNodeGuiTag = None
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
         self._observeInput(None)
+        self._observeRegion(None)
 
     def onSceneStartClose(self, caller, event) -> None:
         """Called just before the scene is closed."""
@@ -218,6 +229,7 @@ class SR4ZCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
         self._parameterNode = inputParameterNode
         self._observeInput(None)
+        self._observeRegion(None)
         if self._parameterNode:
             self._parameterNodeGuiTag = self._connectGui()
             # Observed after connectGui, so the widgets already show the node's values when this runs.
@@ -263,8 +275,22 @@ class SR4ZCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._observeInput(inputVolume)
             self._readInput()
             self._forgetOutputOfAnotherInput()
+        if parameters.region is not self._observedRegion:
+            self._observeRegion(parameters.region)
         self._updateReadouts()
         self._checkCanApply()
+
+    def _observeRegion(self, region) -> None:
+        """Follow this ROI (None: none) instead of the previous one: moving or resizing it updates the cost."""
+        if self._observedRegion is not None:
+            self.removeObserver(self._observedRegion, vtk.vtkCommand.ModifiedEvent, self.onRegionModified)
+        if region is not None:
+            self.addObserver(region, vtk.vtkCommand.ModifiedEvent, self.onRegionModified)
+        self._observedRegion = region
+
+    def onRegionModified(self, caller=None, event=None) -> None:
+        """The ROI moved or changed size."""
+        self._updateReadouts()
 
     def _forgetOutputOfAnotherInput(self) -> None:
         """A result of another input is not replaced by this input's run: the output goes back to a new volume."""
@@ -309,6 +335,7 @@ class SR4ZCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _updateReadouts(self) -> None:
         """In-plane spacing, overlap, and where thickness and increment came from."""
         parameters, acquisition = self._parameterNode, self._acquisition
+        self._updateModelChoices()
         self._updateCost()
         self.ui.provenanceLabel.text = self.logic.describeProvenance(parameters.outputVolume if parameters else None)
         if parameters is None or not parameters.inputVolume:
@@ -328,12 +355,47 @@ class SR4ZCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.sourcesLabel.text = "\n".join([", ".join(sources)] + [panel_text(w) for w in acquisition.warnings])
         self.updateOverlapLabel()
 
+    def _updateModelChoices(self) -> None:
+        """List the library's models that fit the picked volume's acquisition; a chosen one that no longer fits goes."""
+        parameters, acquisition = self._parameterNode, self._acquisition
+        usable = parameters is not None and parameters.inputVolume and acquisition is not None and acquisition.usable
+        models = self.logic.fittingModels(parameters.thicknessMm, parameters.incrementMm,
+                                          min(acquisition.in_plane_spacing_mm), parameters.profile) if usable else []
+        chosen = parameters.modelFile if parameters else ""
+        files = [model.model_file for model in models]
+        if chosen and chosen not in files:
+            parameters.modelFile = chosen = ""  # calls this again through the node's observer
+        self._listingModels = True
+        try:
+            self.ui.modelComboBox.clear()
+            self.ui.modelComboBox.addItem(_("Train a new model"))
+            for model in models:
+                self.ui.modelComboBox.addItem(model.label())
+            self.ui.modelComboBox.currentIndex = files.index(chosen) + 1 if chosen else 0
+        finally:
+            self._listingModels = False
+        self._listedModels = files
+        self.ui.saveModelCheckBox.enabled = not chosen
+
+    def onModelChosen(self, index: int) -> None:
+        """The user picked a library model (or "Train a new model"): kept in the parameter node."""
+        if self._listingModels or self._parameterNode is None:
+            return
+        self._parameterNode.modelFile = self._listedModels[index - 1] if 0 < index <= len(self._listedModels) else ""
+
     def _updateCost(self) -> None:
         """Result size and spacing, memory needed against free, time on the chosen device; 'Run anyway' when refused."""
         parameters, acquisition = self._parameterNode, self._acquisition
         usable = parameters is not None and parameters.inputVolume and acquisition is not None and acquisition.usable
+        try:
+            shape = self.logic.regionShape(parameters.inputVolume, parameters.region) if usable else None
+        except ValueError as error:  # a region off the volume: said, not raised
+            self.ui.costLabel.text = panel_text(str(error))
+            self.ui.runAnywayCheckBox.visible = bool(parameters.force)
+            return
         cost = self.logic.estimateCost(acquisition, parameters.incrementMm, parameters.targetSpacingMm or None,
-                                       parameters.preset, parameters.iterations or None) if usable else None
+                                       parameters.preset, parameters.iterations or None,
+                                       train=not parameters.modelFile, shape=shape) if usable else None
         self.ui.costLabel.text = self.logic.describeCost(cost, parameters.device) if cost else "-"
         self.ui.runAnywayCheckBox.visible = bool(cost is not None and cost.refused or parameters and parameters.force)
 
@@ -382,6 +444,8 @@ class SR4ZCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     preset=parameters.preset, iterations=parameters.iterations or None,
                     targetSpacingMm=parameters.targetSpacingMm or None, device=parameters.device,
                     seed=int(parameters.seed), allowNonHu=parameters.allowNonHu, force=parameters.force,
+                    model=parameters.modelFile or None, saveModel=parameters.saveModel and not parameters.modelFile,
+                    region=parameters.region,
                     confidence=parameters.confidenceMap, waitForCompletion=False, logCallback=logging.info,
                 )
             except (ValueError, RuntimeError) as error:  # the engine's InputError, ResourceError: the panel's words
@@ -469,9 +533,22 @@ class SR4ZCTLogic(ScriptedLoadableModuleLogic):
     logic.showSideBySide(getNode("CT"), outputNode, logic.confidenceNode(outputNode))
     """
 
-    def __init__(self) -> None:
-        """Called when the logic class is instantiated. Can be used for initializing member variables."""
+    def __init__(self, modelLibraryFolder: Optional[str] = None) -> None:
+        """modelLibraryFolder: where saved models go (default: SR4ZCT/models beside Slicer's user settings)."""
         ScriptedLoadableModuleLogic.__init__(self)
+        self.modelLibraryFolder = modelLibraryFolder
+
+    def modelLibrary(self):
+        """The model library (SR4ZCTLib.mrml.library.ModelLibrary) under Slicer's user folder or the given one."""
+        from SR4ZCTLib.mrml.library import ModelLibrary
+
+        folder = self.modelLibraryFolder or os.path.join(os.path.dirname(slicer.app.slicerUserSettingsFilePath),
+                                                         "SR4ZCT", "models")
+        return ModelLibrary(folder)
+
+    def fittingModels(self, thicknessMm: float, incrementMm: float, pixelMm: float, profile: str) -> list:
+        """The library's models that the engine will accept for this acquisition and in-plane pixel size."""
+        return self.modelLibrary().fitting(thicknessMm, incrementMm, pixelMm, profile)
 
     def getParameterNode(self):
         return SR4ZCTParameterNode(super().getParameterNode())
@@ -586,15 +663,18 @@ class SR4ZCTLogic(ScriptedLoadableModuleLogic):
 
     # -- processing ----------------------------------------------------------------------------------------------
     def process(self, inputVolume, outputVolume=None, confidence: bool = False, waitForCompletion: bool = True,
-                progressCallback=None, logCallback=None, **options):
+                progressCallback=None, logCallback=None, region=None, **options):
         """Enhance inputVolume in a separate process (Slicer stays responsive).
 
         :param options: the run options by their Slicer names, from SR4ZCTLib.options.RunOptions: thicknessMm,
             incrementMm (default: DICOM SliceThickness / the node's slice spacing), profile, preset, iterations,
             targetSpacingMm, device, seed, threads, consistency, consistencyLambda, allowNonHu, force, model,
-            saveModel. Absent or None: the default.
+            saveModel. Absent or None: the default. model: a model file (e.g. from fittingModels) to apply
+            instead of training; saveModel=True saves the trained model into the model library (a path: there).
         :param confidence: also add the confidence map (coronal/sagittal disagreement, HU) as a second node,
             linked to the output (see confidenceNode).
+        :param region: a markups ROI node: enhance only the input's voxels inside it (cropped on the input's own
+            grid, no resampling; the result lies where those voxels lie).
         :param waitForCompletion: True returns the output node when done (console, tests);
             False returns the running job (poll(), cancel(), result_node) at once.
         :return: the output node, or the job. A failed or cancelled run adds no node.
@@ -607,11 +687,14 @@ class SR4ZCTLogic(ScriptedLoadableModuleLogic):
 
         if not inputVolume:
             raise ValueError(_("Input volume is invalid"))
-        given = {name: value for name, value in options.items() if value is not None}
+        toLibrary = options.get("saveModel") is True  # True: into the library; a path: there; False: not saved
+        given = {name: value for name, value in options.items()
+                 if value is not None and not (name == "saveModel" and isinstance(value, bool))}
         request = dataclasses.replace(RunOptions.from_slicer(**given), confidence=confidence)
         job = EnhanceJob(inputVolume, request, self.pythonExecutable(), output_node=outputVolume,
                         output_name=f"{inputVolume.GetName()} SR4ZCT", on_progress=progressCallback,
-                        on_log=logCallback, lookup=slicer_dicom_lookup())
+                        on_log=logCallback, lookup=slicer_dicom_lookup(),
+                        model_library=self.modelLibrary() if toLibrary else None, roi_node=region)
         startTime = time.time()
         logging.info("SR4ZCT started")
         job.start()
@@ -639,12 +722,20 @@ class SR4ZCTLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def estimateCost(acquisition, incrementMm: float, targetSpacingMm: Optional[float], preset: str,
-                     iterations: Optional[int] = None):
-        """What enhancing a volume (readAcquisition's NodeAcquisition) will cost (SR4ZCTLib.mrml.cost.RunCost)."""
+                     iterations: Optional[int] = None, train: bool = True, shape: Optional[tuple] = None):
+        """What enhancing a volume (readAcquisition's NodeAcquisition) will cost (SR4ZCTLib.mrml.cost.RunCost);
+        train=False: a library model is applied, no training; shape: the region's (regionShape), else the volume's."""
         from SR4ZCTLib.mrml.cost import estimate_cost
 
-        return estimate_cost(acquisition.shape, acquisition.array_axis, incrementMm, acquisition.in_plane_spacing_mm,
-                             targetSpacingMm, preset, iterations)
+        return estimate_cost(shape or acquisition.shape, acquisition.array_axis, incrementMm,
+                             acquisition.in_plane_spacing_mm, targetSpacingMm, preset, iterations, train)
+
+    @staticmethod
+    def regionShape(inputVolume, region) -> Optional[tuple]:
+        """The (slices, rows, columns) of the input inside the markups ROI; None without a region."""
+        from SR4ZCTLib.mrml.nodes import node_region_shape
+
+        return node_region_shape(region, inputVolume) if region else None
 
     @staticmethod
     def describeCost(cost, device: str = "auto") -> str:
@@ -667,7 +758,9 @@ class SR4ZCTLogic(ScriptedLoadableModuleLogic):
         devices = {"cpu": ("cpu",), "cuda": ("cuda",), "mps": ("mps",)}.get(device, ("cpu", "cuda"))
         times = [_("{time} on {device}").format(time=_(duration_text(cost.seconds.get(d))),
                                               device=_(choice_label("device", d)[0])) for d in devices]
-        lines.append(_("Time: {times} (from the {source})").format(times=", ".join(times), source=_(BENCHMARK_SOURCE)))
+        skipped = _("; no training: the chosen model is applied") if cost.training_skipped else ""
+        lines.append(_("Time: {times}{skipped} (from the {source})").format(
+            times=", ".join(times), skipped=skipped, source=_(BENCHMARK_SOURCE)))
         return "\n".join(lines)
 
     @staticmethod

@@ -16,6 +16,7 @@ import contextlib
 import importlib
 import inspect
 import logging
+import shutil
 import sys
 import traceback
 import types
@@ -628,7 +629,11 @@ class _App:
     applicationName = "3D Slicer"
 
     def __init__(self) -> None:
+        import tempfile
+
         self.testing = False
+        # qSlicerApplication's settings file: a fresh user folder per install(), as a new Slicer user has
+        self.slicerUserSettingsFilePath = str(Path(tempfile.mkdtemp(prefix="slicer-user-")) / "Slicer.ini")
         self.layout_manager = None  # no main window, as in Slicer's batch mode; see open_main_window
         self.colour_logic = None
 
@@ -812,6 +817,8 @@ def uninstall() -> None:
     for name in [n for n in sys.modules if n.startswith("slicer.parameterNodeWrapper")
                  or n in ("SR4ZCT", "qt", "ctk", "slicer.ScriptedLoadableModule", "slicer.i18n", "PyTorchUtils")]:
         del sys.modules[name]
+    if hasattr(slicer, "app"):
+        shutil.rmtree(Path(slicer.app.slicerUserSettingsFilePath).parent, ignore_errors=True)
     for attribute in ("parameterNodeWrapper", "app", "qMRMLWidget", "qMRMLNodeComboBox", "dicomDatabase",
                       *UNMODELLED["slicer"]):
         if attribute in vars(slicer):

@@ -219,3 +219,49 @@ def provenance(node) -> Optional[dict]:
     except ValueError:
         return None
     return record if isinstance(record, dict) else None
+
+
+def roi_index_box(roi_node, volume: Volume) -> tuple[tuple[int, int], ...]:
+    """The voxels of volume (RAS) whose centres lie in the markups ROI's box: (first, last + 1) per i, j, k."""
+    return index_box(roi_node, volume.ijk_to_world, volume.array.shape)
+
+
+def node_region_shape(roi_node, node) -> tuple:
+    """The (k, j, i) shape of the node's voxels inside the ROI (for the cost read-out; no voxel is copied)."""
+    image = node.GetImageData()
+    box = index_box(roi_node, ijk_to_ras(node), tuple(reversed(image.GetDimensions())))
+    return tuple(last - first for first, last in reversed(box))
+
+
+def index_box(roi_node, ijk_to_world: np.ndarray, shape: tuple) -> tuple[tuple[int, int], ...]:
+    """The voxels of a (k, j, i) grid whose centres lie in the markups ROI's box: (first, last + 1) per i, j, k.
+
+    The crop is on the input's own voxel grid (no resampling): the region's bounding box in RAS, mapped to the
+    volume's continuous indices, rounded inwards to whole voxels. Both must lie in the same frame (no transform).
+    """
+    if roi_node.GetTransformNodeID():
+        raise InputError(f"the region {roi_node.GetName()} is under a transform; harden it (Data module) first")
+    bounds = [0.0] * 6
+    roi_node.GetRASBounds(bounds)
+    corners = np.array([[x, y, z, 1.0] for x in bounds[0:2] for y in bounds[2:4] for z in bounds[4:6]]).T
+    indices = (np.linalg.inv(ijk_to_world) @ corners)[:3]
+    dimensions = tuple(shape)[::-1]  # (i, j, k)
+    box = []
+    for axis in range(3):
+        first = max(0, int(np.ceil(indices[axis].min() - 1e-6)))
+        last = min(dimensions[axis] - 1, int(np.floor(indices[axis].max() + 1e-6)))
+        if last - first + 1 < 3:
+            raise InputError(f"the region {roi_node.GetName()} holds {max(0, last - first + 1)} voxel(s) of the volume "
+                             f"along {'ijk'[axis]}; SR4ZCT needs at least 3: make the region larger or move it onto "
+                             "the volume")
+        box.append((first, last + 1))
+    return tuple(box)
+
+
+def crop_to_box(volume: Volume, box: tuple[tuple[int, int], ...]) -> Volume:
+    """The voxels inside box (roi_index_box) with their own positions: the grid is the input's, only shorter."""
+    (i0, i1), (j0, j1), (k0, k1) = box
+    matrix = volume.ijk_to_world.copy()
+    matrix[:3, 3] = (volume.ijk_to_world @ np.array([i0, j0, k0, 1.0]))[:3]
+    return Volume(np.ascontiguousarray(volume.array[k0:k1, j0:j1, i0:i1]), matrix, volume.slice_thickness_mm,
+                  volume.source, volume.slice_axis, dict(volume.extra))
