@@ -47,13 +47,45 @@ class SR4ZCT(ScriptedLoadableModule):
 Makes thick-slice CT sharper through-plane (coronal and sagittal views) with no training data but the scan
 itself: a network learns, from the scan's own sharp axial images, to undo a simulation of exactly this scan's
 slice thickness, increment and overlap, then enhances every coronal and sagittal slice.
-The documentation is the README.md file shipped with the extension's source.
+<p>Pick the CT volume, check slice thickness and increment (filled from DICOM and the slice positions; the panel
+says where each number came from), read the cost, and Apply. Optional: a region (markups ROI), a saved model of
+the same protocol (no training), the confidence map. Each result keeps how it was made (Made with).</p>
+<p>Limits: for CT in Hounsfield units with a uniform slice increment and no gantry tilt; the result is a
+computed estimate, not a measurement: for reading alongside the acquired images, not for diagnosis on its own.
+The validation figure is the in-plane stand-in check, not a measure of the through-plane result.</p>
+<p>Try it: File / Download Sample Data / SR4ZCT / SR4ZCTChestCT5mm. The documentation is the README.md file of
+the extension's source (section "3D Slicer").</p>
 """)
         self.parent.acknowledgementText = _("""
 Method: J. Shi, D. M. Pelt, K. J. Batenburg, "SR4ZCT: Self-supervised Through-plane Resolution Enhancement for
 CT Images with Arbitrary Resolution and Overlap", MLMI 2023, LNCS 14349, pp. 52-61.
-Sample data: Lung-PET-CT-Dx (TCIA, CC BY 4.0).
+Sample data: Lung-PET-CT-Dx (TCIA, CC BY 4.0): Li, P. et al., A Large-Scale CT and PET/CT Dataset for Lung Cancer
+Diagnosis, The Cancer Imaging Archive, 2020.
 """)
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+#
+# Sample data: the bundled 5 mm chest CT in the Sample Data module
+#
+
+SAMPLE_NAME = "SR4ZCTChestCT5mm"
+SAMPLE_FILE = os.path.join(os.path.dirname(__file__), "SR4ZCTLib", "data", "chest_ct_5mm_crop.nrrd")
+SAMPLE_SHA256 = "f21ea1056969f0a23a2b70c24c852657fe8742e606f3b975db21ebb337bb4403"  # of SAMPLE_FILE (a test checks)
+
+
+def registerSampleData() -> None:
+    """List the bundled sample under File / Download Sample Data (category SR4ZCT); it is copied from the
+    extension's own folder (a file:// address), checked against its SHA-256."""
+    import pathlib
+
+    import SampleData
+
+    SampleData.SampleDataLogic.registerCustomSampleDataSource(
+        category="SR4ZCT", sampleName=SAMPLE_NAME,
+        thumbnailFileName=os.path.join(os.path.dirname(__file__), "Resources", "Icons", f"{SAMPLE_NAME}.png"),
+        uris=pathlib.Path(SAMPLE_FILE).as_uri(), fileNames=f"{SAMPLE_NAME}.nrrd",
+        checksums=f"SHA256:{SAMPLE_SHA256}", nodeNames=SAMPLE_NAME)
 
 
 #

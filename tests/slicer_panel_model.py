@@ -632,6 +632,7 @@ class _App:
         import tempfile
 
         self.testing = False
+        self.connections: list = []
         # qSlicerApplication's settings file: a fresh user folder per install(), as a new Slicer user has
         self.slicerUserSettingsFilePath = str(Path(tempfile.mkdtemp(prefix="slicer-user-")) / "Slicer.ini")
         self.layout_manager = None  # no main window, as in Slicer's batch mode; see open_main_window
@@ -657,6 +658,10 @@ class _App:
 
     def layoutManager(self):
         return self.layout_manager
+
+    def connect(self, signature: str, slot: Callable) -> None:
+        """qSlicerApplication's signals (e.g. startupCompleted()): kept, emitted by the test that needs them."""
+        self.connections.append((signature, slot))
 
 
 class SliceWidget:

@@ -542,6 +542,28 @@ def test_a_region_limits_the_run_and_its_cost(SR4ZCT):
     assert_clean()
 
 
+def test_the_bundled_sample_is_registered_with_sample_data(SR4ZCT, tmp_path, monkeypatch):
+    import hashlib
+    import urllib.request
+
+    registered = []
+    sample_data = types.ModuleType("SampleData")  # Slicer's SampleData module: its registration entry point
+    sample_data.SampleDataLogic = types.SimpleNamespace(registerCustomSampleDataSource=lambda **kw: registered.append(kw))
+    monkeypatch.setitem(sys.modules, "SampleData", sample_data)
+    SR4ZCT.SR4ZCT(types.SimpleNamespace())  # Slicer creates the module at startup ...
+    [(signal, slot)] = slicer.app.connections
+    assert signal == "startupCompleted()" and slot is SR4ZCT.registerSampleData
+    slot()  # ... and registers the sample once startup completed
+    [sample] = registered
+    assert sample["category"] == "SR4ZCT" and os.path.isfile(sample["thumbnailFileName"])
+    copy = tmp_path / sample["fileNames"]
+    urllib.request.urlretrieve(sample["uris"], copy)  # how SampleData fetches it
+    algorithm, digest = sample["checksums"].split(":")
+    assert algorithm == "SHA256" and hashlib.sha256(copy.read_bytes()).hexdigest() == digest
+    module = SR4ZCT.SR4ZCT(types.SimpleNamespace())
+    assert "Limits" in module.parent.helpText and "MLMI 2023" in module.parent.acknowledgementText
+
+
 # ---- PyTorch through the PyTorch extension ---------------------------------------------------------------------------
 @pytest.fixture
 def torch_missing(monkeypatch):
