@@ -737,6 +737,25 @@ class SR4ZCTLogic(ScriptedLoadableModuleLogic):
         return outputNode
 
     @staticmethod
+    def exportDicom(resultVolume, folder: str, addToDatabase: bool = False) -> str:
+        """Write a result as the derived DICOM series the command line writes (DERIVED\\SECONDARY, references to
+        the input's slices, the input's study and frame of reference, from its instances in Slicer's DICOM
+        database) into a new folder; addToDatabase also imports it there. Returns the folder."""
+        from SR4ZCTLib.mrml.nodes import INPUT_ATTRIBUTE, export_dicom_series, slicer_dicom_files
+
+        scene = resultVolume.GetScene()
+        inputVolume = scene.GetNodeByID(resultVolume.GetAttribute(INPUT_ATTRIBUTE) or "") if scene else None
+        if inputVolume is None:
+            raise ValueError(_("{name} is not an SR4ZCT result whose input is in the scene").format(
+                name=resultVolume.GetName()))
+        written = str(export_dicom_series(resultVolume, inputVolume, folder, slicer_dicom_files()))
+        if addToDatabase:
+            from DICOMLib import DICOMUtils
+
+            DICOMUtils.importDicom(written)
+        return written
+
+    @staticmethod
     def pythonExecutable() -> str:
         """Slicer's own Python (PythonSlicer) for the worker process."""
         return shutil.which("PythonSlicer") or sys.executable

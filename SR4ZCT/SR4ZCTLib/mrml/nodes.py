@@ -21,12 +21,18 @@ SLICE_THICKNESS_TAG = "0018,0050"
 DicomValueLookup = Callable[[str], Optional[str]]
 
 
-def slicer_dicom_lookup() -> Optional[DicomValueLookup]:
-    """The SliceThickness lookup through Slicer's DICOM database, or None where there is none or it is closed."""
+def _open_dicom_database():
+    """slicer.dicomDatabase when there is one and it is open (a closed one answers every query with an SQL error)."""
     import slicer
 
     database = getattr(slicer, "dicomDatabase", None)
-    if database is None or not database.isOpen:  # a closed database answers every query with a logged SQL error
+    return database if database is not None and database.isOpen else None
+
+
+def slicer_dicom_lookup() -> Optional[DicomValueLookup]:
+    """The SliceThickness lookup through Slicer's DICOM database, or None where there is none or it is closed."""
+    database = _open_dicom_database()
+    if database is None:
         return None
 
     def lookup(uid: str) -> Optional[str]:
@@ -265,3 +271,37 @@ def crop_to_box(volume: Volume, box: tuple[tuple[int, int], ...]) -> Volume:
     matrix[:3, 3] = (volume.ijk_to_world @ np.array([i0, j0, k0, 1.0]))[:3]
     return Volume(np.ascontiguousarray(volume.array[k0:k1, j0:j1, i0:i1]), matrix, volume.slice_thickness_mm,
                   volume.source, volume.slice_axis, dict(volume.extra))
+
+
+# (instance UID) -> the DICOM file Slicer's database holds for it, or None; in Slicer from slicer.dicomDatabase
+DicomFileLookup = Callable[[str], Optional[str]]
+
+
+def slicer_dicom_files() -> Optional[DicomFileLookup]:
+    """The instance-to-file lookup of Slicer's DICOM database, or None where there is none or it is closed."""
+    database = _open_dicom_database()
+    return (lambda uid: database.fileForInstance(uid) or None) if database is not None else None
+
+
+def export_dicom_series(result_node, input_node, folder, files: Optional[DicomFileLookup]):
+    """Write result_node as the derived DICOM series the command line writes (DERIVED\\SECONDARY, references to
+    the input's slices, its study and frame of reference), from the input's own DICOM instances; returns the folder.
+
+    The folder is checked before anything is written, and published whole (io/dicom_write.py)."""
+    import pydicom
+
+    from ..io.dicom import source_from_headers
+    from ..io.dicom_write import check_dicom_output, write_dicom_series
+    from ..core.volume import AXIS_NAMES
+
+    uids = (input_node.GetAttribute("DICOM.instanceUIDs") or "").split() if input_node is not None else []
+    paths = [files(uid) for uid in uids] if files is not None else []
+    if not uids or not all(paths):
+        raise InputError(f"{input_node.GetName() if input_node else 'the input'} was not loaded from Slicer's DICOM "
+                         "database, so there is no study to put the series in; load the input from DICOM")
+    folder = check_dicom_output(folder, [str(p) for p in paths])
+    headers = [pydicom.dcmread(path, stop_before_pixels=True) for path in paths]
+    axis_name = ((provenance(result_node) or {}).get("acquisition") or {}).get("through_plane_axis", "k")
+    result = lps_to_ras(volume_from_node(result_node))  # RAS to LPS (its own inverse)
+    return write_dicom_series(result, AXIS_NAMES.index(axis_name), folder, source_from_headers(headers),
+                              input_node.GetName())
