@@ -128,6 +128,7 @@ class SR4ZCTParameterNode:
     saveModel - Save the trained model in the model library (keyed by its protocol) for the next scan.
     modelFile - A library model to apply instead of training ("" trains a new one); the model combo box sets it.
     region - Enhance only the voxels inside this markups ROI (cropped on the input's own grid); none: the whole volume.
+    exportToDatabase - Export as DICOM also adds the derived series to Slicer's DICOM database.
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
@@ -148,6 +149,7 @@ class SR4ZCTParameterNode:
     saveModel: bool = False
     modelFile: str = ""
     region: vtkMRMLMarkupsROINode
+    exportToDatabase: bool = False
 
 
 #
@@ -198,6 +200,7 @@ class SR4ZCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         # a slot on a widget signal runs before the node has the widget's new value.
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChosen)
+        self.ui.exportButton.connect("clicked(bool)", self.onExportButton)
         self._listedModels = []  # the library models the model combo box lists, in its order after "Train a new model"
         self._listingModels = False
         self.ui.progressBar.setVisible(False)
@@ -370,6 +373,7 @@ class SR4ZCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updateModelChoices()
         self._updateCost()
         self.ui.provenanceLabel.text = self.logic.describeProvenance(parameters.outputVolume if parameters else None)
+        self.ui.exportButton.enabled = bool(self.ui.provenanceLabel.text)  # an SR4ZCT result is selected
         if parameters is None or not parameters.inputVolume:
             self.ui.inPlaneSpacingLabel.text = "-"
             self.ui.sourcesLabel.text = "-"
@@ -488,6 +492,21 @@ class SR4ZCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = _("Starting...")
             self._timer.start()
             self._checkCanApply()
+
+    def onExportButton(self) -> None:
+        """Write the selected result as a derived DICOM series into a new folder in the one the user picks."""
+        with slicer.util.tryWithErrorDisplay(_("Failed to export the DICOM series."), waitCursor=True):
+            parent = qt.QFileDialog.getExistingDirectory(None, _("Folder for the derived DICOM series"))
+            if not parent:
+                return
+            result = self._parameterNode.outputVolume
+            try:
+                written = self.logic.exportDicom(result, os.path.join(parent, f"{result.GetName()} DICOM"),
+                                                 addToDatabase=self._parameterNode.exportToDatabase)
+            except (ValueError, RuntimeError) as error:
+                self.ui.statusLabel.text = _("Not exported: {error}").format(error=panel_text(str(error)))
+                raise RuntimeError(panel_text(str(error))) from None
+            self.ui.statusLabel.text = _("Exported the derived DICOM series to {folder}").format(folder=written)
 
     def onJobTimer(self) -> None:
         """Drain the worker's progress (Slicer stays responsive: nothing here blocks)."""

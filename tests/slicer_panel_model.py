@@ -502,6 +502,16 @@ class qMRMLNodeComboBox(QWidget):
         return entries + [text for flag, text in actions if getattr(self, flag)]
 
 
+class QFileDialog(QObject):
+    """QFileDialog's static chooser: the folder a test put in `answer` ("" = the user cancelled)."""
+
+    answer = ""
+
+    @staticmethod
+    def getExistingDirectory(parent=None, caption: str = "", directory: str = "") -> str:
+        return QFileDialog.answer
+
+
 class QTimer(QObject):
     timeout = signal()
 
@@ -790,7 +800,7 @@ def install(version: str) -> types.ModuleType:
     if not (folder / "slicer" / "parameterNodeWrapper").is_dir():
         raise FileNotFoundError(folder)
     classes = {**WIDGET_CLASSES, **LAYOUT_CLASSES}
-    qt = _module("qt", QObject=QObject, QTimer=QTimer, QFile=QFile, QUiLoader=QUiLoader,
+    qt = _module("qt", QObject=QObject, QTimer=QTimer, QFile=QFile, QUiLoader=QUiLoader, QFileDialog=QFileDialog,
                  Qt=types.SimpleNamespace(WaitCursor=3, ToolTipRole=QT_TOOLTIP_ROLE, UserRole=QT_USER_ROLE),
                  **{n: c for n, c in classes.items() if n.startswith("Q")})
     ctk = _module("ctk", **{n: c for n, c in classes.items() if n.startswith("ctk")})
@@ -879,14 +889,17 @@ def slicer_version(version: str):
 class DicomDatabase:
     """ctkDICOMDatabase as slicer.dicomDatabase: isOpen, fileForInstance, fileValue; a closed one logs SQL errors."""
 
-    def __init__(self, slice_thickness: dict[str, str], is_open: bool = True) -> None:
-        self.values, self.isOpen, self.queries = slice_thickness, is_open, []
+    def __init__(self, slice_thickness: dict[str, str], is_open: bool = True, files: Optional[dict] = None) -> None:
+        """files: instance UID -> a real DICOM file (else each known UID has a made-up path)."""
+        self.values, self.isOpen, self.queries, self.files = slice_thickness, is_open, [], files
 
     def fileForInstance(self, uid: str) -> str:
         self.queries.append(uid)
         if not self.isOpen:
             logging.error('SQL failed\n Bad SQL: SELECT Filename FROM Images WHERE SOPInstanceUID=?\n"Database not open"')
             return ""
+        if self.files is not None:
+            return self.files.get(uid, "")
         return f"/dicom/{uid}.dcm" if uid in self.values else ""
 
     def fileValue(self, file: str, tag: str) -> str:

@@ -564,6 +564,43 @@ def test_the_bundled_sample_is_registered_with_sample_data(SR4ZCT, tmp_path, mon
     assert "Limits" in module.parent.helpText and "MLMI 2023" in module.parent.acknowledgementText
 
 
+def test_export_writes_the_selected_result_as_a_derived_dicom_series(SR4ZCT, tmp_path, monkeypatch):
+    import pydicom
+
+    from SR4ZCTLib.io.dicom import read_source_series
+    from SR4ZCTLib.io.volumes import read_volume
+    from SR4ZCTLib.mrml.nodes import lps_to_ras, node_from_volume, set_provenance, volume_from_node
+
+    chest = model.ROOT.parent / "shared" / "data" / "chest_ct_5mm"
+    if not chest.is_dir():
+        pytest.skip(f"{chest} (shared real DICOM) not present")
+    series = tmp_path / "input"
+    series.mkdir()
+    for file in sorted(chest.glob("*.dcm"))[:6]:
+        (series / file.name).write_bytes(file.read_bytes())
+    files = {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID): str(f) for f in series.iterdir()}
+    slicer.dicomDatabase = model.DicomDatabase({uid: "5.0" for uid in files}, files=files)
+    ct = node_from_volume(lps_to_ras(read_volume(series)), slicer.mrmlScene, "CT")
+    ct.SetAttribute("DICOM.instanceUIDs", " ".join(files))
+    host = open_panel(SR4ZCT)
+    ui, parameters = host.ui, host.widget._parameterNode
+    assert not ui.exportButton.enabled  # no result selected
+    result = node_from_volume(volume_from_node(ct), slicer.mrmlScene, "CT SR4ZCT", reference=ct)
+    set_provenance(result, {"sr4zct_version": "test", "acquisition": {"through_plane_axis": "k"}}, ct)
+    parameters.outputVolume = result
+    assert ui.exportButton.enabled
+    monkeypatch.setattr(model.QFileDialog, "answer", str(tmp_path))
+    ui.exportButton.click()
+    assert_clean()
+    folder = tmp_path / "CT SR4ZCT DICOM"
+    assert ui.statusLabel.text == f"Exported the derived DICOM series to {folder}"
+    derived = read_source_series(folder).header
+    assert "DERIVED" in list(derived.ImageType) and derived.StudyInstanceUID == read_source_series(series).header.StudyInstanceUID
+    ui.exportButton.click()  # again: the folder exists and is never replaced
+    assert "exists" in ui.statusLabel.text and "--overwrite" not in ui.statusLabel.text
+    assert len(model.SLOT_ERRORS) == 1
+
+
 # ---- PyTorch through the PyTorch extension ---------------------------------------------------------------------------
 @pytest.fixture
 def torch_missing(monkeypatch):
