@@ -18,7 +18,7 @@ from common import Acquisition, Truth, central, machine, psnr, simulate_with_cli
 from SR4ZCTLib.enhance import EnhanceOptions, enhance  # noqa: E402
 from SR4ZCTLib.core.volume import Volume, read_through_plane_geometry  # noqa: E402
 
-REGION = (slice(None), slice(64, 128), slice(64, 128))  # (k, j, i): 64 x 64 voxels in-plane, every slice
+REGION = (slice(None), slice(32, 96), slice(32, 96))  # (k, j, i): 64 x 64 voxels in-plane, every slice
 
 
 def crop(volume: Volume, region) -> Volume:
@@ -42,7 +42,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     arguments = parser.parse_args()
     acquisition = Acquisition(3.0, 2.0)
-    truth = vhm_truth((96, 192, 192))
+    truth = vhm_truth((72, 128, 128))
     with tempfile.TemporaryDirectory() as folder:
         thick = simulate_with_cli(truth, acquisition, Path(folder))
     options = EnhanceOptions(iterations=arguments.iterations, device=arguments.device, seed=0, force=True)
