@@ -23,9 +23,10 @@ from slicer.parameterNodeWrapper import (
     WithinRange,
 )
 
-from slicer import vtkMRMLScalarVolumeNode
+from slicer import vtkMRMLMarkupsROINode, vtkMRMLScalarVolumeNode
 
 from SR4ZCTLib.options import DEVICE_CHOICES, PRESET_NAMES, PROFILES, RANGES, panel_range  # standard library only
+from SR4ZCTLib.mrml.wording import choice_label, panel_text, source_label  # standard library only
 
 
 #
@@ -46,13 +47,45 @@ class SR4ZCT(ScriptedLoadableModule):
 Makes thick-slice CT sharper through-plane (coronal and sagittal views) with no training data but the scan
 itself: a network learns, from the scan's own sharp axial images, to undo a simulation of exactly this scan's
 slice thickness, increment and overlap, then enhances every coronal and sagittal slice.
-The documentation is the README.md file shipped with the extension's source.
+<p>Pick the CT volume, check slice thickness and increment (filled from DICOM and the slice positions; the panel
+says where each number came from), read the cost, and Apply. Optional: a region (markups ROI), a saved model of
+the same protocol (no training), the confidence map. Each result keeps how it was made (Made with).</p>
+<p>Limits: for CT in Hounsfield units with a uniform slice increment and no gantry tilt; the result is a
+computed estimate, not a measurement: for reading alongside the acquired images, not for diagnosis on its own.
+The validation figure is the in-plane stand-in check, not a measure of the through-plane result.</p>
+<p>Try it: File / Download Sample Data / SR4ZCT / SR4ZCTChestCT5mm. The documentation is the README.md file of
+the extension's source (section "3D Slicer").</p>
 """)
         self.parent.acknowledgementText = _("""
 Method: J. Shi, D. M. Pelt, K. J. Batenburg, "SR4ZCT: Self-supervised Through-plane Resolution Enhancement for
 CT Images with Arbitrary Resolution and Overlap", MLMI 2023, LNCS 14349, pp. 52-61.
-Sample data: Lung-PET-CT-Dx (TCIA, CC BY 4.0).
+Sample data: Lung-PET-CT-Dx (TCIA, CC BY 4.0): Li, P. et al., A Large-Scale CT and PET/CT Dataset for Lung Cancer
+Diagnosis, The Cancer Imaging Archive, 2020.
 """)
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+#
+# Sample data: the bundled 5 mm chest CT in the Sample Data module
+#
+
+SAMPLE_NAME = "SR4ZCTChestCT5mm"
+SAMPLE_FILE = os.path.join(os.path.dirname(__file__), "SR4ZCTLib", "data", "chest_ct_5mm_crop.nrrd")
+SAMPLE_SHA256 = "f21ea1056969f0a23a2b70c24c852657fe8742e606f3b975db21ebb337bb4403"  # of SAMPLE_FILE (a test checks)
+
+
+def registerSampleData() -> None:
+    """List the bundled sample under File / Download Sample Data (category SR4ZCT); it is copied from the
+    extension's own folder (a file:// address), checked against its SHA-256."""
+    import pathlib
+
+    import SampleData
+
+    SampleData.SampleDataLogic.registerCustomSampleDataSource(
+        category="SR4ZCT", sampleName=SAMPLE_NAME,
+        thumbnailFileName=os.path.join(os.path.dirname(__file__), "Resources", "Icons", f"{SAMPLE_NAME}.png"),
+        uris=pathlib.Path(SAMPLE_FILE).as_uri(), fileNames=f"{SAMPLE_NAME}.nrrd",
+        checksums=f"SHA256:{SAMPLE_SHA256}", nodeNames=SAMPLE_NAME)
 
 
 #
@@ -64,6 +97,8 @@ PANEL_RANGES = {"thicknessSpinBox": "thickness_mm", "incrementSpinBox": "increme
 THICKNESS_RANGE_MM = RANGES["thickness"]  # the engine's range; a DICOM thickness outside it is clamped, with a note
 MINIMUM_TORCH_VERSION = "2.1"
 CONFIDENCE_OPACITY = 0.4  # the confidence map over the result: the anatomy stays readable beneath it
+CHOICE_COMBO_BOXES = {"deviceComboBox": ("device", DEVICE_CHOICES), "presetComboBox": ("preset", PRESET_NAMES),
+                      "profileComboBox": ("profile", PROFILES)}  # combo box: (option, data values in item order)
 
 
 @parameterNodeWrapper
@@ -80,11 +115,20 @@ class SR4ZCTParameterNode:
     targetSpacingMm - Output slice spacing; 0 means the in-plane spacing.
     iterations - Training iterations; 0 means the preset's.
     seed - Random seed (CPU runs are reproducible).
-    outputVolume - Where the result goes; none creates a new node.
+    outputVolume - Where the result goes; none creates a new node. Set to the result after a run, so the next
+        Apply replaces it unless another one is chosen (a new input starts a new one).
     acquisitionVolume - The input that thickness and increment were filled from (saved with the scene, so a
         reloaded scene keeps the user's values).
     confidenceMap - Also add where the coronal and sagittal passes disagree, as a colour overlay on the result.
         Off by default: the result is read as plain grey values, and the map costs one more volume of memory.
+    allowNonHu - Enhance a volume that is not CT in Hounsfield units (with a percentile intensity mapping).
+    force - Run anyway when the memory estimate exceeds the free memory.
+    showSideBySide - After a run, show input and result side by side (changes the layout and the Red and Yellow
+        views); off leaves the layout as it is.
+    saveModel - Save the trained model in the model library (keyed by its protocol) for the next scan.
+    modelFile - A library model to apply instead of training ("" trains a new one); the model combo box sets it.
+    region - Enhance only the voxels inside this markups ROI (cropped on the input's own grid); none: the whole volume.
+    exportToDatabase - Export as DICOM also adds the derived series to Slicer's DICOM database.
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
@@ -99,6 +143,13 @@ class SR4ZCTParameterNode:
     outputVolume: vtkMRMLScalarVolumeNode
     acquisitionVolume: vtkMRMLScalarVolumeNode
     confidenceMap: bool = False
+    allowNonHu: bool = False
+    force: bool = False
+    showSideBySide: bool = True
+    saveModel: bool = False
+    modelFile: str = ""
+    region: vtkMRMLMarkupsROINode
+    exportToDatabase: bool = False
 
 
 #
@@ -121,6 +172,7 @@ class SR4ZCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._observedInput = None  # the input the read-outs describe (observed: it may get its voxels later)
         self._observedInputState = None  # its grid and DICOM link when last read
         self._acquisition = None  # what readAcquisition said about it (or why it cannot be used)
+        self._observedRegion = None  # the ROI the cost read-out describes (observed: the user moves it)
 
     def setup(self) -> None:
         """Called when the user opens the module the first time and the widget is initialized."""
@@ -147,6 +199,10 @@ class SR4ZCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         # Buttons; the read-outs follow the parameter node (onParameterNodeModified), never a widget's signal:
         # a slot on a widget signal runs before the node has the widget's new value.
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChosen)
+        self.ui.exportButton.connect("clicked(bool)", self.onExportButton)
+        self._listedModels = []  # the library models the model combo box lists, in its order after "Train a new model"
+        self._listingModels = False
         self.ui.progressBar.setVisible(False)
         self.ui.deviceStatusLabel.text = self.logic.torchDescription()  # no torch import: the panel opens without it
 
@@ -177,6 +233,7 @@ class SR4ZCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNodeGuiTag = None
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
         self._observeInput(None)
+        self._observeRegion(None)
 
     def onSceneStartClose(self, caller, event) -> None:
         """Called just before the scene is closed."""
@@ -207,6 +264,7 @@ class SR4ZCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
         self._parameterNode = inputParameterNode
         self._observeInput(None)
+        self._observeRegion(None)
         if self._parameterNode:
             self._parameterNodeGuiTag = self._connectGui()
             # Observed after connectGui, so the widgets already show the node's values when this runs.
@@ -225,7 +283,22 @@ class SR4ZCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """
         widgets = {widget.property("SlicerParameterName"): widget for widget in vars(self.ui).values()
                    if widget.property("SlicerParameterName")}
-        return self._parameterNode.connectParametersToGui(widgets)
+        tag = self._parameterNode.connectParametersToGui(widgets)
+        self._labelChoices()
+        return tag
+
+    def _labelChoices(self) -> None:
+        """The combo boxes show words and tooltips; the parameter node keeps the data values ("auto", "cpu", ...).
+
+        connectGui fills each box with the values, in the Choice's order, and reads the current index: relabelling
+        the items keeps that mapping.
+        """
+        for comboBox, (option, values) in CHOICE_COMBO_BOXES.items():
+            widget = getattr(self.ui, comboBox)
+            for index, value in enumerate(values):
+                label, tip = choice_label(option, value)
+                widget.setItemText(index, _(label))
+                widget.setItemData(index, _(tip), qt.Qt.ToolTipRole)
 
     def onParameterNodeModified(self, caller=None, event=None) -> None:
         """A new input (picked, or set from Python) fills thickness and increment; the read-outs follow the node."""
@@ -236,8 +309,33 @@ class SR4ZCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if inputVolume is not self._observedInput:
             self._observeInput(inputVolume)
             self._readInput()
+            self._forgetOutputOfAnotherInput()
+        if parameters.region is not self._observedRegion:
+            self._observeRegion(parameters.region)
         self._updateReadouts()
         self._checkCanApply()
+
+    def _observeRegion(self, region) -> None:
+        """Follow this ROI (None: none) instead of the previous one: moving or resizing it updates the cost."""
+        if self._observedRegion is not None:
+            self.removeObserver(self._observedRegion, vtk.vtkCommand.ModifiedEvent, self.onRegionModified)
+        if region is not None:
+            self.addObserver(region, vtk.vtkCommand.ModifiedEvent, self.onRegionModified)
+        self._observedRegion = region
+
+    def onRegionModified(self, caller=None, event=None) -> None:
+        """The ROI moved or changed size."""
+        self._updateReadouts()
+
+    def _forgetOutputOfAnotherInput(self) -> None:
+        """A result of another input is not replaced by this input's run: the output goes back to a new volume."""
+        from SR4ZCTLib.mrml.nodes import INPUT_ATTRIBUTE
+
+        parameters = self._parameterNode
+        output = parameters.outputVolume
+        madeFrom = output.GetAttribute(INPUT_ATTRIBUTE) if output else None
+        if madeFrom and madeFrom != _nodeID(parameters.inputVolume):
+            parameters.outputVolume = None
 
     def onInputVolumeModified(self, caller=None, event=None) -> None:
         """The input got its voxels, another grid or its DICOM link (nodes are often added before their data)."""
@@ -272,13 +370,17 @@ class SR4ZCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _updateReadouts(self) -> None:
         """In-plane spacing, overlap, and where thickness and increment came from."""
         parameters, acquisition = self._parameterNode, self._acquisition
+        self._updateModelChoices()
+        self._updateCost()
+        self.ui.provenanceLabel.text = self.logic.describeProvenance(parameters.outputVolume if parameters else None)
+        self.ui.exportButton.enabled = bool(self.ui.provenanceLabel.text)  # an SR4ZCT result is selected
         if parameters is None or not parameters.inputVolume:
             self.ui.inPlaneSpacingLabel.text = "-"
             self.ui.sourcesLabel.text = "-"
         elif acquisition is None or not acquisition.usable:
             self.ui.inPlaneSpacingLabel.text = "-"
             self.ui.sourcesLabel.text = _("Cannot use this volume: {error}").format(
-                error=acquisition.error if acquisition else "-")
+                error=panel_text(acquisition.error) if acquisition else "-")
         else:
             spacing = acquisition.in_plane_spacing_mm
             self.ui.inPlaneSpacingLabel.text = f"{spacing[0]:.3f} x {spacing[1]:.3f} mm"
@@ -286,8 +388,52 @@ class SR4ZCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                    acquisition.thickness_source),
                        _sourceText(_("increment"), parameters.incrementMm, acquisition.increment_mm,
                                    acquisition.increment_source)]
-            self.ui.sourcesLabel.text = "\n".join([", ".join(sources)] + list(acquisition.warnings))
+            self.ui.sourcesLabel.text = "\n".join([", ".join(sources)] + [panel_text(w) for w in acquisition.warnings])
         self.updateOverlapLabel()
+
+    def _updateModelChoices(self) -> None:
+        """List the library's models that fit the picked volume's acquisition; a chosen one that no longer fits goes."""
+        parameters, acquisition = self._parameterNode, self._acquisition
+        usable = parameters is not None and parameters.inputVolume and acquisition is not None and acquisition.usable
+        models = self.logic.fittingModels(parameters.thicknessMm, parameters.incrementMm,
+                                          min(acquisition.in_plane_spacing_mm), parameters.profile) if usable else []
+        chosen = parameters.modelFile if parameters else ""
+        files = [model.model_file for model in models]
+        if chosen and chosen not in files:
+            parameters.modelFile = chosen = ""  # calls this again through the node's observer
+        self._listingModels = True
+        try:
+            self.ui.modelComboBox.clear()
+            self.ui.modelComboBox.addItem(_("Train a new model"))
+            for model in models:
+                self.ui.modelComboBox.addItem(model.label())
+            self.ui.modelComboBox.currentIndex = files.index(chosen) + 1 if chosen else 0
+        finally:
+            self._listingModels = False
+        self._listedModels = files
+        self.ui.saveModelCheckBox.enabled = not chosen
+
+    def onModelChosen(self, index: int) -> None:
+        """The user picked a library model (or "Train a new model"): kept in the parameter node."""
+        if self._listingModels or self._parameterNode is None:
+            return
+        self._parameterNode.modelFile = self._listedModels[index - 1] if 0 < index <= len(self._listedModels) else ""
+
+    def _updateCost(self) -> None:
+        """Result size and spacing, memory needed against free, time on the chosen device; 'Run anyway' when refused."""
+        parameters, acquisition = self._parameterNode, self._acquisition
+        usable = parameters is not None and parameters.inputVolume and acquisition is not None and acquisition.usable
+        try:
+            shape = self.logic.regionShape(parameters.inputVolume, parameters.region) if usable else None
+        except ValueError as error:  # a region off the volume: said, not raised
+            self.ui.costLabel.text = panel_text(str(error))
+            self.ui.runAnywayCheckBox.visible = bool(parameters.force)
+            return
+        cost = self.logic.estimateCost(acquisition, parameters.incrementMm, parameters.targetSpacingMm or None,
+                                       parameters.preset, parameters.iterations or None,
+                                       train=not parameters.modelFile, shape=shape) if usable else None
+        self.ui.costLabel.text = self.logic.describeCost(cost, parameters.device) if cost else "-"
+        self.ui.runAnywayCheckBox.visible = bool(cost is not None and cost.refused or parameters and parameters.force)
 
     def _checkCanApply(self) -> None:
         """Apply needs an input; during a run the button is Cancel."""
@@ -327,18 +473,40 @@ class SR4ZCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.deviceStatusLabel.text = self.logic.deviceDescription()
             parameters = self._parameterNode
             self.ui.metricsLabel.text = ""
-            self._job = self.logic.process(
-                parameters.inputVolume, parameters.outputVolume,
-                thicknessMm=parameters.thicknessMm, incrementMm=parameters.incrementMm, profile=parameters.profile,
-                preset=parameters.preset, iterations=parameters.iterations or None,
-                targetSpacingMm=parameters.targetSpacingMm or None, device=parameters.device, seed=int(parameters.seed),
-                confidence=parameters.confidenceMap, waitForCompletion=False, logCallback=logging.info,
-            )
+            try:
+                self._job = self.logic.process(
+                    parameters.inputVolume, parameters.outputVolume,
+                    thicknessMm=parameters.thicknessMm, incrementMm=parameters.incrementMm, profile=parameters.profile,
+                    preset=parameters.preset, iterations=parameters.iterations or None,
+                    targetSpacingMm=parameters.targetSpacingMm or None, device=parameters.device,
+                    seed=int(parameters.seed), allowNonHu=parameters.allowNonHu, force=parameters.force,
+                    model=parameters.modelFile or None, saveModel=parameters.saveModel and not parameters.modelFile,
+                    region=parameters.region,
+                    confidence=parameters.confidenceMap, waitForCompletion=False, logCallback=logging.info,
+                )
+            except (ValueError, RuntimeError) as error:  # the engine's InputError, ResourceError: the panel's words
+                self.ui.statusLabel.text = _("Not started: {error}").format(error=panel_text(str(error)))
+                raise RuntimeError(panel_text(str(error))) from None
             self.ui.progressBar.setVisible(True)
             self.ui.progressBar.value = 0
             self.ui.statusLabel.text = _("Starting...")
             self._timer.start()
             self._checkCanApply()
+
+    def onExportButton(self) -> None:
+        """Write the selected result as a derived DICOM series into a new folder in the one the user picks."""
+        with slicer.util.tryWithErrorDisplay(_("Failed to export the DICOM series."), waitCursor=True):
+            parent = qt.QFileDialog.getExistingDirectory(None, _("Folder for the derived DICOM series"))
+            if not parent:
+                return
+            result = self._parameterNode.outputVolume
+            try:
+                written = self.logic.exportDicom(result, os.path.join(parent, f"{result.GetName()} DICOM"),
+                                                 addToDatabase=self._parameterNode.exportToDatabase)
+            except (ValueError, RuntimeError) as error:
+                self.ui.statusLabel.text = _("Not exported: {error}").format(error=panel_text(str(error)))
+                raise RuntimeError(panel_text(str(error))) from None
+            self.ui.statusLabel.text = _("Exported the derived DICOM series to {folder}").format(folder=written)
 
     def onJobTimer(self) -> None:
         """Drain the worker's progress (Slicer stays responsive: nothing here blocks)."""
@@ -365,12 +533,17 @@ class SR4ZCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                                                 self.logic.describeConfidence(job.confidence_node)]))
             if job.metrics is not None and job.metrics.device:
                 self.ui.deviceStatusLabel.text = _("{device} (last run)").format(device=job.metrics.device)
-            self.logic.showSideBySide(job.input_node, job.result_node, job.confidence_node)
+            if self._parameterNode is not None:  # the next Apply replaces this result unless another is chosen
+                self._parameterNode.outputVolume = job.result_node
+                self._updateReadouts()
+            if self._parameterNode is None or self._parameterNode.showSideBySide:
+                self.logic.showSideBySide(job.input_node, job.result_node, job.confidence_node)
         elif state == "cancelled":
             self.ui.statusLabel.text = _("Cancelled: nothing was added.")
         else:
-            self.ui.statusLabel.text = _("Failed: {error}").format(error=job.error)
-            slicer.util.errorDisplay(_("SR4ZCT failed: {error}").format(error=job.error))
+            error = panel_text(job.error or "")
+            self.ui.statusLabel.text = _("Failed: {error}").format(error=error)
+            slicer.util.errorDisplay(_("SR4ZCT failed: {error}").format(error=error))
 
 
 def _nodeID(node) -> Optional[str]:
@@ -393,9 +566,9 @@ def _versionTuple(version: str) -> tuple:
 
 
 def _sourceText(name: str, value: float, filled: float, source: str) -> str:
-    """'thickness: dicom', or 'thickness: your value' once it differs from what the volume said."""
+    """'thickness: from DICOM', or 'thickness: your value' once it differs from what the volume said."""
     edited = abs(value - filled) > 5e-4
-    return _("{name}: {source}").format(name=name, source=_("your value") if edited else source)
+    return _("{name}: {source}").format(name=name, source=_(source_label("user" if edited else source)))
 
 
 #
@@ -411,9 +584,22 @@ class SR4ZCTLogic(ScriptedLoadableModuleLogic):
     logic.showSideBySide(getNode("CT"), outputNode, logic.confidenceNode(outputNode))
     """
 
-    def __init__(self) -> None:
-        """Called when the logic class is instantiated. Can be used for initializing member variables."""
+    def __init__(self, modelLibraryFolder: Optional[str] = None) -> None:
+        """modelLibraryFolder: where saved models go (default: SR4ZCT/models beside Slicer's user settings)."""
         ScriptedLoadableModuleLogic.__init__(self)
+        self.modelLibraryFolder = modelLibraryFolder
+
+    def modelLibrary(self):
+        """The model library (SR4ZCTLib.mrml.library.ModelLibrary) under Slicer's user folder or the given one."""
+        from SR4ZCTLib.mrml.library import ModelLibrary
+
+        folder = self.modelLibraryFolder or os.path.join(os.path.dirname(slicer.app.slicerUserSettingsFilePath),
+                                                         "SR4ZCT", "models")
+        return ModelLibrary(folder)
+
+    def fittingModels(self, thicknessMm: float, incrementMm: float, pixelMm: float, profile: str) -> list:
+        """The library's models that the engine will accept for this acquisition and in-plane pixel size."""
+        return self.modelLibrary().fitting(thicknessMm, incrementMm, pixelMm, profile)
 
     def getParameterNode(self):
         return SR4ZCTParameterNode(super().getParameterNode())
@@ -522,19 +708,24 @@ class SR4ZCTLogic(ScriptedLoadableModuleLogic):
         return NodeAcquisition(tuple(geometry.in_plane_spacing_mm), geometry.acquisition.thickness_mm,
                                geometry.acquisition.increment_mm,
                                "dicom" if thickness is not None else geometry.thickness_source,
-                               geometry.increment_source, tuple(warnings) + tuple(notes))
+                               geometry.increment_source, tuple(warnings) + tuple(notes),
+                               shape=tuple(reversed(inputVolume.GetImageData().GetDimensions())),
+                               array_axis=geometry.array_axis)
 
     # -- processing ----------------------------------------------------------------------------------------------
     def process(self, inputVolume, outputVolume=None, confidence: bool = False, waitForCompletion: bool = True,
-                progressCallback=None, logCallback=None, **options):
+                progressCallback=None, logCallback=None, region=None, **options):
         """Enhance inputVolume in a separate process (Slicer stays responsive).
 
         :param options: the run options by their Slicer names, from SR4ZCTLib.options.RunOptions: thicknessMm,
             incrementMm (default: DICOM SliceThickness / the node's slice spacing), profile, preset, iterations,
             targetSpacingMm, device, seed, threads, consistency, consistencyLambda, allowNonHu, force, model,
-            saveModel. Absent or None: the default.
+            saveModel. Absent or None: the default. model: a model file (e.g. from fittingModels) to apply
+            instead of training; saveModel=True saves the trained model into the model library (a path: there).
         :param confidence: also add the confidence map (coronal/sagittal disagreement, HU) as a second node,
             linked to the output (see confidenceNode).
+        :param region: a markups ROI node: enhance only the input's voxels inside it (cropped on the input's own
+            grid, no resampling; the result lies where those voxels lie).
         :param waitForCompletion: True returns the output node when done (console, tests);
             False returns the running job (poll(), cancel(), result_node) at once.
         :return: the output node, or the job. A failed or cancelled run adds no node.
@@ -547,11 +738,14 @@ class SR4ZCTLogic(ScriptedLoadableModuleLogic):
 
         if not inputVolume:
             raise ValueError(_("Input volume is invalid"))
-        given = {name: value for name, value in options.items() if value is not None}
+        toLibrary = options.get("saveModel") is True  # True: into the library; a path: there; False: not saved
+        given = {name: value for name, value in options.items()
+                 if value is not None and not (name == "saveModel" and isinstance(value, bool))}
         request = dataclasses.replace(RunOptions.from_slicer(**given), confidence=confidence)
         job = EnhanceJob(inputVolume, request, self.pythonExecutable(), output_node=outputVolume,
                         output_name=f"{inputVolume.GetName()} SR4ZCT", on_progress=progressCallback,
-                        on_log=logCallback, lookup=slicer_dicom_lookup())
+                        on_log=logCallback, lookup=slicer_dicom_lookup(),
+                        model_library=self.modelLibrary() if toLibrary else None, roi_node=region)
         startTime = time.time()
         logging.info("SR4ZCT started")
         job.start()
@@ -560,6 +754,25 @@ class SR4ZCTLogic(ScriptedLoadableModuleLogic):
         outputNode = job.wait()
         logging.info(f"SR4ZCT completed in {time.time() - startTime:.1f} s: {self.describeMetrics(job.metrics)}")
         return outputNode
+
+    @staticmethod
+    def exportDicom(resultVolume, folder: str, addToDatabase: bool = False) -> str:
+        """Write a result as the derived DICOM series the command line writes (DERIVED\\SECONDARY, references to
+        the input's slices, the input's study and frame of reference, from its instances in Slicer's DICOM
+        database) into a new folder; addToDatabase also imports it there. Returns the folder."""
+        from SR4ZCTLib.mrml.nodes import INPUT_ATTRIBUTE, export_dicom_series, slicer_dicom_files
+
+        scene = resultVolume.GetScene()
+        inputVolume = scene.GetNodeByID(resultVolume.GetAttribute(INPUT_ATTRIBUTE) or "") if scene else None
+        if inputVolume is None:
+            raise ValueError(_("{name} is not an SR4ZCT result whose input is in the scene").format(
+                name=resultVolume.GetName()))
+        written = str(export_dicom_series(resultVolume, inputVolume, folder, slicer_dicom_files()))
+        if addToDatabase:
+            from DICOMLib import DICOMUtils
+
+            DICOMUtils.importDicom(written)
+        return written
 
     @staticmethod
     def pythonExecutable() -> str:
@@ -571,10 +784,84 @@ class SR4ZCTLogic(ScriptedLoadableModuleLogic):
         """The held-out figures, time and device of a finished run (SR4ZCTLib.metrics.RunMetrics), for the panel."""
         if metrics is None or metrics.validation_psnr_db is None:
             return ""
-        return _("Held-out validation PSNR {psnr:.2f} dB (linear interpolation {linear:.2f} dB); "
+        return _("In-plane stand-in check (held-out axial images blurred in-plane as this scan's slices are; not a "
+                 "measure of the through-plane result): PSNR {psnr:.2f} dB, linear interpolation {linear:.2f} dB; "
                  "{total:.0f} s on {device}").format(psnr=metrics.validation_psnr_db,
                                                    linear=metrics.validation_linear_psnr_db,
                                                    total=metrics.total_seconds, device=metrics.device or "?")
+
+    @staticmethod
+    def estimateCost(acquisition, incrementMm: float, targetSpacingMm: Optional[float], preset: str,
+                     iterations: Optional[int] = None, train: bool = True, shape: Optional[tuple] = None):
+        """What enhancing a volume (readAcquisition's NodeAcquisition) will cost (SR4ZCTLib.mrml.cost.RunCost);
+        train=False: a library model is applied, no training; shape: the region's (regionShape), else the volume's."""
+        from SR4ZCTLib.mrml.cost import estimate_cost
+
+        return estimate_cost(shape or acquisition.shape, acquisition.array_axis, incrementMm,
+                             acquisition.in_plane_spacing_mm, targetSpacingMm, preset, iterations, train)
+
+    @staticmethod
+    def regionShape(inputVolume, region) -> Optional[tuple]:
+        """The (slices, rows, columns) of the input inside the markups ROI; None without a region."""
+        from SR4ZCTLib.mrml.nodes import node_region_shape
+
+        return node_region_shape(region, inputVolume) if region else None
+
+    @staticmethod
+    def describeCost(cost, device: str = "auto") -> str:
+        """The cost read-out: result size and spacing, memory needed against free, time on the chosen device."""
+        from SR4ZCTLib.mrml.cost import BENCHMARK_SOURCE, duration_text
+
+        slices, rows, columns = cost.output_shape
+        lines = [_("Result: {slices} slices of {rows} x {columns}, every {spacing:.3f} mm").format(
+            slices=slices, rows=rows, columns=columns, spacing=cost.output_spacing_mm)]
+        needed = cost.memory_needed_bytes / 2**30
+        if cost.memory_free_bytes is None:
+            lines.append(_("Memory: about {needed:.1f} GiB needed (free memory unknown)").format(needed=needed))
+        elif cost.refused:
+            lines.append(_("Memory: about {needed:.1f} GiB needed but {free:.1f} GiB free: Apply will refuse. Close "
+                           "other programs, or tick 'Run anyway' to try").format(
+                needed=needed, free=cost.memory_free_bytes / 2**30))
+        else:
+            lines.append(_("Memory: about {needed:.1f} GiB needed, {free:.1f} GiB free").format(
+                needed=needed, free=cost.memory_free_bytes / 2**30))
+        devices = {"cpu": ("cpu",), "cuda": ("cuda",), "mps": ("mps",)}.get(device, ("cpu", "cuda"))
+        times = [_("{time} on {device}").format(time=_(duration_text(cost.seconds.get(d))),
+                                              device=_(choice_label("device", d)[0])) for d in devices]
+        skipped = _("; no training: the chosen model is applied") if cost.training_skipped else ""
+        lines.append(_("Time: {times}{skipped} (from the {source})").format(
+            times=", ".join(times), skipped=skipped, source=_(BENCHMARK_SOURCE)))
+        return "\n".join(lines)
+
+    @staticmethod
+    def describeProvenance(resultVolume) -> str:
+        """How a result was made (its SR4ZCT.provenance attribute), in a few lines; '' for another volume."""
+        from SR4ZCTLib.mrml.nodes import provenance
+
+        record = provenance(resultVolume)
+        if record is None:
+            return ""
+        acquisition, request = record.get("acquisition", {}), record.get("request", {})
+        metrics = record.get("metrics") or {}
+        training = metrics.get("training", {})
+        lines = [
+            _("Made by SR4ZCT {version} (PyTorch {torch}) on {date} from {input}").format(
+                version=record.get("sr4zct_version"), torch=record.get("torch_version") or "?",
+                date=record.get("created_utc", "?"), input=record.get("input", "?")),
+            _("Thickness {thickness:g} mm ({thicknessSource}), increment {increment:g} mm ({incrementSource}), "
+              "{profile} profile").format(
+                thickness=acquisition.get("thickness_mm", 0), increment=acquisition.get("increment_mm", 0),
+                thicknessSource=_(source_label(acquisition.get("thickness_source", ""))),
+                incrementSource=_(source_label(acquisition.get("increment_source", ""))),
+                profile=_(choice_label("profile", acquisition.get("profile", ""))[0]).lower()),
+            _("{preset}, {iterations} iterations, seed {seed}, on {device}").format(
+                preset=_(choice_label("preset", request.get("preset", ""))[0]),
+                iterations=training.get("iterations", request.get("iterations") or "?"), seed=record.get("seed"),
+                device=record.get("device") or "?"),
+        ]
+        if record.get("model"):
+            lines.append(_("Model reused: {model}").format(model=record["model"]))
+        return "\n".join(lines)
 
     @staticmethod
     def confidenceNode(outputVolume):

@@ -16,6 +16,7 @@ import contextlib
 import importlib
 import inspect
 import logging
+import shutil
 import sys
 import traceback
 import types
@@ -335,6 +336,9 @@ class ctkDoubleSpinBox(QDoubleSpinBox):
     specialValueText = None  # not a Qt property of this class: the .ui value becomes a dynamic property
 
 
+QT_TOOLTIP_ROLE, QT_USER_ROLE = 3, 256  # Qt::ToolTipRole, Qt::UserRole
+
+
 class QComboBox(QWidget):
     DEFAULTS = {**QWidget.DEFAULTS, "currentIndex": -1}
     currentIndexChanged = signal()
@@ -343,14 +347,31 @@ class QComboBox(QWidget):
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
         self._items: list[str] = []
+        self._data: list[dict] = []  # per item: role -> value (Qt::ItemDataRole)
+
+    def itemText(self, index: int) -> str:
+        return self._items[index] if 0 <= index < len(self._items) else ""
+
+    def setItemText(self, index: int, text: str) -> None:
+        """Qt changes only the shown text: the current index and its signals are untouched."""
+        if 0 <= index < len(self._items):
+            self._items[index] = str(text)
+
+    def itemData(self, index: int, role: int = QT_USER_ROLE):
+        return self._data[index].get(role) if 0 <= index < len(self._items) else None
+
+    def setItemData(self, index: int, value, role: int = QT_USER_ROLE) -> None:
+        if 0 <= index < len(self._items):
+            self._data[index][role] = value
 
     def addItem(self, text: str) -> None:
         self._items.append(str(text))
+        self._data.append({})
         if self.currentIndex == -1:  # Qt selects the first item added to an empty box
             self.currentIndex = 0
 
     def clear(self) -> None:
-        self._items = []
+        self._items, self._data = [], []
         self.currentIndex = -1
 
     def count(self) -> int:
@@ -481,6 +502,16 @@ class qMRMLNodeComboBox(QWidget):
         return entries + [text for flag, text in actions if getattr(self, flag)]
 
 
+class QFileDialog(QObject):
+    """QFileDialog's static chooser: the folder a test put in `answer` ("" = the user cancelled)."""
+
+    answer = ""
+
+    @staticmethod
+    def getExistingDirectory(parent=None, caption: str = "", directory: str = "") -> str:
+        return QFileDialog.answer
+
+
 class QTimer(QObject):
     timeout = signal()
 
@@ -608,7 +639,12 @@ class _App:
     applicationName = "3D Slicer"
 
     def __init__(self) -> None:
+        import tempfile
+
         self.testing = False
+        self.connections: list = []
+        # qSlicerApplication's settings file: a fresh user folder per install(), as a new Slicer user has
+        self.slicerUserSettingsFilePath = str(Path(tempfile.mkdtemp(prefix="slicer-user-")) / "Slicer.ini")
         self.layout_manager = None  # no main window, as in Slicer's batch mode; see open_main_window
         self.colour_logic = None
 
@@ -632,6 +668,10 @@ class _App:
 
     def layoutManager(self):
         return self.layout_manager
+
+    def connect(self, signature: str, slot: Callable) -> None:
+        """qSlicerApplication's signals (e.g. startupCompleted()): kept, emitted by the test that needs them."""
+        self.connections.append((signature, slot))
 
 
 class SliceWidget:
@@ -760,8 +800,8 @@ def install(version: str) -> types.ModuleType:
     if not (folder / "slicer" / "parameterNodeWrapper").is_dir():
         raise FileNotFoundError(folder)
     classes = {**WIDGET_CLASSES, **LAYOUT_CLASSES}
-    qt = _module("qt", QObject=QObject, QTimer=QTimer, QFile=QFile, QUiLoader=QUiLoader,
-                 Qt=types.SimpleNamespace(WaitCursor=3),
+    qt = _module("qt", QObject=QObject, QTimer=QTimer, QFile=QFile, QUiLoader=QUiLoader, QFileDialog=QFileDialog,
+                 Qt=types.SimpleNamespace(WaitCursor=3, ToolTipRole=QT_TOOLTIP_ROLE, UserRole=QT_USER_ROLE),
                  **{n: c for n, c in classes.items() if n.startswith("Q")})
     ctk = _module("ctk", **{n: c for n, c in classes.items() if n.startswith("ctk")})
     for module_name, names in UNMODELLED.items():
@@ -792,6 +832,8 @@ def uninstall() -> None:
     for name in [n for n in sys.modules if n.startswith("slicer.parameterNodeWrapper")
                  or n in ("SR4ZCT", "qt", "ctk", "slicer.ScriptedLoadableModule", "slicer.i18n", "PyTorchUtils")]:
         del sys.modules[name]
+    if hasattr(slicer, "app"):
+        shutil.rmtree(Path(slicer.app.slicerUserSettingsFilePath).parent, ignore_errors=True)
     for attribute in ("parameterNodeWrapper", "app", "qMRMLWidget", "qMRMLNodeComboBox", "dicomDatabase",
                       *UNMODELLED["slicer"]):
         if attribute in vars(slicer):
@@ -847,14 +889,17 @@ def slicer_version(version: str):
 class DicomDatabase:
     """ctkDICOMDatabase as slicer.dicomDatabase: isOpen, fileForInstance, fileValue; a closed one logs SQL errors."""
 
-    def __init__(self, slice_thickness: dict[str, str], is_open: bool = True) -> None:
-        self.values, self.isOpen, self.queries = slice_thickness, is_open, []
+    def __init__(self, slice_thickness: dict[str, str], is_open: bool = True, files: Optional[dict] = None) -> None:
+        """files: instance UID -> a real DICOM file (else each known UID has a made-up path)."""
+        self.values, self.isOpen, self.queries, self.files = slice_thickness, is_open, [], files
 
     def fileForInstance(self, uid: str) -> str:
         self.queries.append(uid)
         if not self.isOpen:
             logging.error('SQL failed\n Bad SQL: SELECT Filename FROM Images WHERE SOPInstanceUID=?\n"Database not open"')
             return ""
+        if self.files is not None:
+            return self.files.get(uid, "")
         return f"/dicom/{uid}.dcm" if uid in self.values else ""
 
     def fileValue(self, file: str, tag: str) -> str:

@@ -3,6 +3,7 @@ parameterNodeWrapper of each version, PythonQt-like stand-ins (tests/slicer_pane
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -68,10 +69,10 @@ def test_panel_opens_with_every_field_connected(SR4ZCT):
     assert ui.inputSelector.currentNode().GetName() == "CT"
     assert ui.applyButton.enabled and ui.applyButton.text == "Apply"
     assert ui.targetSpacingSpinBox.text == "in-plane" and ui.iterationsSpinBox.text == "preset"
-    assert ui.profileComboBox.currentText == "box" and ui.deviceComboBox.currentText == "auto"
+    assert ui.profileComboBox.currentText == "Box" and ui.deviceComboBox.currentText == "Automatic"
     assert "PyTorch" in ui.deviceStatusLabel.text
     assert [entry for entry in ui.outputSelector.items() if entry.lower().startswith("create new")] == [
-        "Create new volume"]
+        "Create new volume on Apply"]
 
 
 def test_picked_volumes_stick_and_fill_the_acquisition(SR4ZCT):
@@ -86,13 +87,13 @@ def test_picked_volumes_stick_and_fill_the_acquisition(SR4ZCT):
     assert ui.inputSelector.currentNode() is thin and parameters.inputVolume is thin
     assert (parameters.thicknessMm, parameters.incrementMm) == (3.0, 2.0)
     assert (ui.thicknessSpinBox.value, ui.incrementSpinBox.value) == (3.0, 2.0)
-    assert ui.sourcesLabel.text.startswith("thickness: dicom, increment: geometry")
+    assert ui.sourcesLabel.text.startswith("thickness: from DICOM, increment: from slice positions")
     assert ui.overlapLabel.text == "1.000 mm overlap" and ui.inPlaneSpacingLabel.text == "0.600 x 0.600 mm"
 
     ui.inputSelector.setCurrentNode(thick)
     assert ui.inputSelector.currentNode() is thick and parameters.inputVolume is thick
     assert (ui.thicknessSpinBox.value, ui.incrementSpinBox.value) == (5.0, 5.0)
-    assert ui.sourcesLabel.text.startswith("thickness: assumed, increment: geometry")
+    assert ui.sourcesLabel.text.startswith("thickness: assumed, increment: from slice positions")
     assert_clean()
 
 
@@ -107,7 +108,7 @@ def test_exit_enter_and_scene_close_keep_the_pick(SR4ZCT):
     parameters = host.widget._parameterNode
     assert ui.inputSelector.currentNode() is thin and parameters.inputVolume is thin
     assert (parameters.profile, parameters.preset, parameters.device) == ("box", "fast", "cpu")
-    assert (ui.profileComboBox.currentText, ui.deviceComboBox.currentText) == ("box", "cpu")
+    assert (ui.profileComboBox.currentText, ui.deviceComboBox.currentText) == ("Box", "CPU")
     assert parameters.thicknessMm == 2.0 and ui.thicknessSpinBox.value == 2.0
     ui.inputSelector.setCurrentNode(thick)
     assert parameters.inputVolume is thick and parameters.thicknessMm == 5.0
@@ -241,7 +242,7 @@ def test_apply_runs_a_job_that_adds_exactly_one_node(SR4ZCT):
     assert volume_count() == count + 1
     result = host.widget._job.result_node
     assert result.GetName() == "CT SR4ZCT" and result.GetSpacing()[2] == pytest.approx(0.7)
-    assert ui.metricsLabel.text.startswith("Held-out validation PSNR") and ui.deviceStatusLabel.text.startswith("CPU")
+    assert ui.metricsLabel.text.startswith("In-plane stand-in check") and ui.deviceStatusLabel.text.startswith("CPU")
     assert "overlay" not in ui.metricsLabel.text and host.widget._job.confidence_node is None
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(ct), before)
     assert layout.layout == slicer.vtkMRMLLayoutNode.SlicerLayoutSideBySideView
@@ -279,7 +280,7 @@ def test_apply_with_the_confidence_map_adds_it_over_the_result(SR4ZCT):
     assert (red.GetBackgroundVolumeID(), red.GetForegroundVolumeID()) == (ct.GetID(), None)
     assert (yellow.GetBackgroundVolumeID(), yellow.GetForegroundVolumeID()) == (result.GetID(), confidence.GetID())
     assert yellow.GetForegroundOpacity() == pytest.approx(0.4)
-    assert ui.metricsLabel.text.startswith("Held-out validation PSNR")
+    assert ui.metricsLabel.text.startswith("In-plane stand-in check")
     assert "HU of disagreement" in ui.metricsLabel.text and "less sure" in ui.metricsLabel.text
     assert_clean()
 
@@ -337,6 +338,267 @@ def test_a_failed_job_shows_the_error(SR4ZCT, monkeypatch, caplog):
     assert f"SR4ZCT failed: {host.widget._job.error}" in caplog.text  # errorDisplay logs what it shows
     assert host.ui.applyButton.text == "Apply" and volume_count() == count
     assert_clean()
+
+
+# ---- a clinician's words, the cost before Apply, how a result was made ------------------------------------
+@pytest.fixture
+def tiny_memory(monkeypatch):
+    """The machine has 10 MiB free (psutil's figure, which the engine reads first)."""
+    psutil = pytest.importorskip("psutil")
+
+    class Tiny:
+        available = 10 * 2**20
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: Tiny())
+
+
+def items(comboBox) -> list:
+    return [comboBox.itemText(index) for index in range(comboBox.count())]
+
+
+def test_choices_read_as_words_and_keep_their_values(SR4ZCT):
+    add_volume("CT")
+    host = open_panel(SR4ZCT)
+    ui, parameters = host.ui, host.widget._parameterNode
+    from SR4ZCTLib.options import DEVICE_CHOICES
+
+    labels = {"auto": "Automatic", "cpu": "CPU", "cuda": "NVIDIA GPU", "mps": "Apple GPU"}
+    assert items(ui.deviceComboBox) == [labels[value] for value in DEVICE_CHOICES]
+    assert items(ui.presetComboBox) == ["Fast (minutes on a CPU)", "Paper (hours, GPU)"]
+    assert items(ui.profileComboBox) == ["Box", "Gaussian"]
+    for comboBox in (ui.deviceComboBox, ui.presetComboBox, ui.profileComboBox):
+        assert all(comboBox.itemData(index, 3) for index in range(comboBox.count())), "every item has a tooltip"
+    ui.deviceComboBox.currentIndex = DEVICE_CHOICES.index("cuda")  # the user picks "NVIDIA GPU"
+    assert parameters.device == "cuda"
+    parameters.preset = "paper"  # from Python: the data value
+    assert ui.presetComboBox.currentText == "Paper (hours, GPU)"
+    host.exit()
+    host.enter()  # connectGui fills the boxes again: the words stay
+    assert ui.deviceComboBox.currentText == "NVIDIA GPU" and ui.presetComboBox.currentText == "Paper (hours, GPU)"
+    assert parameters.device == "cuda" and parameters.preset == "paper"
+    assert_clean()
+
+
+def test_the_engines_advice_names_the_panels_controls(SR4ZCT):
+    add_volume("CT", (0.7, 0.7, 5.0))  # no DICOM thickness: the engine says "Give --thickness"
+    host = open_panel(SR4ZCT)
+    assert "'Slice thickness'" in host.ui.sourcesLabel.text and "--" not in host.ui.sourcesLabel.text
+
+
+def test_a_non_hu_volume_is_refused_in_panel_words_and_the_box_lets_it_run(SR4ZCT):
+    node = add_volume("MR")
+    shape = slicer.util.arrayFromVolume(node).shape
+    slicer.util.updateVolumeFromArray(node, np.random.default_rng(1).integers(100, 3000, shape).astype(np.int16))
+    host = open_panel(SR4ZCT)
+    ui = host.ui
+    host.ui.applyButton.click()
+    assert host.widget._job is None
+    assert ui.statusLabel.text.startswith("Not started:") and "'Not CT in HU' (Advanced)" in ui.statusLabel.text
+    assert "--" not in ui.statusLabel.text
+    assert len(model.SLOT_ERRORS) == 1 and "'Not CT in HU'" in model.SLOT_ERRORS[0]  # tryWithErrorDisplay re-raises
+    model.SLOT_ERRORS.clear()
+    ui.allowNonHuCheckBox.click()
+    assert host.widget._parameterNode.allowNonHu is True
+    start_run(host, iterations=1)
+    assert host.widget._job is not None and host.widget._job.running
+    host.widget._job.cancel()
+    run_timer_until_done(host, timeout=60)
+
+
+def test_the_cost_is_shown_before_apply_and_follows_the_fields(SR4ZCT):
+    add_volume("CT", (0.7, 0.7, 2.5), slices=6)
+    host = open_panel(SR4ZCT)
+    ui, parameters = host.ui, host.widget._parameterNode
+    cost = ui.costLabel.text
+    slices = int(5 * 2.5 / 0.7) + 1
+    assert cost.startswith(f"Result: {slices} slices of 24 x 20, every 0.700 mm"), cost
+    assert "GiB needed" in cost and "GiB free" in cost and not ui.runAnywayCheckBox.visible
+    assert "on CPU" in cost and "on NVIDIA GPU" in cost and "benchmark timings" in cost
+    parameters.targetSpacingMm = 1.25
+    assert ui.costLabel.text.startswith("Result: 11 slices of 24 x 20, every 1.250 mm")
+    ui.deviceComboBox.currentIndex = 1  # CPU only
+    assert "on CPU" in ui.costLabel.text and "NVIDIA GPU" not in ui.costLabel.text
+    parameters.preset = "paper"
+    assert "not measured on CPU" in ui.costLabel.text
+    assert_clean()
+
+
+def test_a_memory_refusal_offers_run_anyway(SR4ZCT, tiny_memory):
+    add_volume("CT", (0.7, 0.7, 2.5), slices=6)
+    host = open_panel(SR4ZCT)
+    ui, parameters = host.ui, host.widget._parameterNode
+    assert "Apply will refuse" in ui.costLabel.text and ui.runAnywayCheckBox.visible
+    host.ui.applyButton.click()
+    assert host.widget._job is None and "'Run anyway'" in ui.statusLabel.text and "--" not in ui.statusLabel.text
+    assert len(model.SLOT_ERRORS) == 1 and "'Run anyway'" in model.SLOT_ERRORS[0]
+    model.SLOT_ERRORS.clear()
+    ui.runAnywayCheckBox.click()
+    assert parameters.force is True
+    start_run(host, iterations=1)
+    assert host.widget._job is not None and host.widget._job.running
+    host.widget._job.cancel()
+    run_timer_until_done(host, timeout=60)
+
+
+def test_a_result_is_selected_replaced_by_the_next_apply_and_says_how_it_was_made(SR4ZCT):
+    ct = add_volume("CT", (0.7, 0.7, 2.5), slices=6)
+    layout = model.open_main_window(slicer.mrmlScene)
+    host = open_panel(SR4ZCT)
+    ui, parameters = host.ui, host.widget._parameterNode
+    ui.layoutCheckBox.click()  # leave the layout as it is
+    assert parameters.showSideBySide is False
+    count = volume_count()
+    start_run(host, iterations=2)
+    run_timer_until_done(host)
+    result = host.widget._job.result_node
+    assert ui.statusLabel.text == "Done." and parameters.outputVolume is result
+    assert ui.outputSelector.currentNode() is result
+    assert layout.layout is None and composite("Red").GetBackgroundVolumeID() is None, "the layout was changed"
+    record = json.loads(result.GetAttribute("SR4ZCT.provenance"))
+    assert record["request"]["iterations"] == 2 and record["acquisition"]["increment_source"] == "geometry"
+    shown = ui.provenanceLabel.text
+    assert shown.startswith("Made by SR4ZCT") and "from slice positions" in shown and "2 iterations" in shown
+
+    ui.seedSpinBox.value = 5
+    start_run(host, iterations=2)  # a second Apply replaces the selected result
+    run_timer_until_done(host)
+    assert host.widget._job.result_node is result and volume_count() == count + 1
+    assert json.loads(result.GetAttribute("SR4ZCT.provenance"))["seed"] == 5
+    assert "seed 5" in ui.provenanceLabel.text
+
+    other = add_volume("other", (0.7, 0.7, 2.5), slices=6)
+    ui.inputSelector.setCurrentNode(other)  # another input: its result is a new volume, this one is kept
+    assert parameters.outputVolume is None and ui.outputSelector.currentNode() is None
+    assert ui.provenanceLabel.text == ""
+    ui.inputSelector.setCurrentNode(ct)
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(result).shape[1:], (24, 20))
+    assert_clean()
+
+
+def test_a_saved_model_is_listed_for_its_protocol_only_and_applied_without_training(SR4ZCT):
+    ct = add_volume("CT", (0.7, 0.7, 2.5), slices=6)
+    other = add_volume("finer pixels", (0.5, 0.5, 2.5), slices=6)
+    host = open_panel(SR4ZCT)
+    ui, parameters = host.ui, host.widget._parameterNode
+    assert items(ui.modelComboBox) == ["Train a new model"]
+    ui.saveModelCheckBox.click()
+    start_run(host, iterations=2)
+    run_timer_until_done(host)
+    assert ui.statusLabel.text == "Done.", ui.statusLabel.text
+    library = host.widget.logic.modelLibrary()
+    (saved,) = library.models()
+    assert (saved.thickness_mm, saved.increment_mm, saved.pixel_mm, saved.profile, saved.preset) == (
+        2.5, 2.5, pytest.approx(0.7), "box", "fast")
+    assert str(library.folder).startswith(os.path.dirname(slicer.app.slicerUserSettingsFilePath))
+    record = json.loads(host.widget._job.result_node.GetAttribute("SR4ZCT.provenance"))
+    assert record["saved_model"] == saved.model_file and record["model"] is None
+    assert items(ui.modelComboBox) == ["Train a new model", saved.label()]
+
+    ui.inputSelector.setCurrentNode(other)  # another pixel size: the model does not fit and is not listed
+    assert items(ui.modelComboBox) == ["Train a new model"]
+    ui.inputSelector.setCurrentNode(ct)
+    ui.modelComboBox.currentIndex = 1  # the user picks the saved model
+    assert parameters.modelFile == saved.model_file and not ui.saveModelCheckBox.enabled
+    assert "no training" in ui.costLabel.text
+    ui.thicknessSpinBox.value = 3.0  # another thickness: the model no longer fits, training is back
+    assert parameters.modelFile == "" and ui.modelComboBox.currentIndex == 0
+    ui.thicknessSpinBox.value = 2.5
+    ui.modelComboBox.currentIndex = 1
+    parameters.outputVolume = None
+    start_run(host, iterations=2)
+    run_timer_until_done(host)
+    job = host.widget._job
+    assert ui.statusLabel.text == "Done." and "training" not in job.stage_started_at
+    record = json.loads(job.result_node.GetAttribute("SR4ZCT.provenance"))
+    assert record["model"] == saved.model_file and record["saved_model"] is None
+    assert "Model reused" in ui.provenanceLabel.text and len(library.models()) == 1
+    assert_clean()
+
+
+def test_a_region_limits_the_run_and_its_cost(SR4ZCT):
+    ct = add_volume("CT", (0.7, 0.7, 2.5), slices=8)
+    host = open_panel(SR4ZCT)
+    ui, parameters = host.ui, host.widget._parameterNode
+    assert ui.regionSelector.currentNode() is None and "Whole volume" in ui.regionSelector.items()
+    whole = ui.costLabel.text
+    assert whole.startswith(f"Result: {int(7 * 2.5 / 0.7) + 1} slices of 24 x 20")
+    roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "region")
+    centre = ijk_to_ras(ct) @ np.array([10, 7, 3, 1.0])  # at the body's edge: air in the region (the HU check)
+    roi.SetXYZ(*centre[:3])
+    roi.SetRadiusXYZ(2.2, 2.2, 3.0)  # 7 x 7 voxels in-plane, 3 slices (2.5 mm apart)
+    ui.regionSelector.setCurrentNode(roi)
+    assert parameters.region is roi
+    assert ui.costLabel.text.startswith(f"Result: {int(2 * 2.5 / 0.7) + 1} slices of 7 x 7"), ui.costLabel.text
+    roi.SetRadiusXYZ(3.6, 3.6, 3.0)  # the user drags a handle: the read-out follows
+    assert ui.costLabel.text.startswith(f"Result: {int(2 * 2.5 / 0.7) + 1} slices of 11 x 11"), ui.costLabel.text
+    roi.SetXYZ(500.0, 500.0, 500.0)  # off the volume: said, not raised
+    assert "make the region larger or move it onto the volume" in ui.costLabel.text
+    roi.SetXYZ(*centre[:3])
+    start_run(host, iterations=2)
+    run_timer_until_done(host)
+    result = host.widget._job.result_node
+    assert ui.statusLabel.text == "Done." and slicer.util.arrayFromVolume(result).shape[1:] == (11, 11)
+    assert json.loads(result.GetAttribute("SR4ZCT.provenance"))["region"]["roi"] == "region"
+    assert_clean()
+
+
+def test_the_bundled_sample_is_registered_with_sample_data(SR4ZCT, tmp_path, monkeypatch):
+    import hashlib
+    import urllib.request
+
+    registered = []
+    sample_data = types.ModuleType("SampleData")  # Slicer's SampleData module: its registration entry point
+    sample_data.SampleDataLogic = types.SimpleNamespace(registerCustomSampleDataSource=lambda **kw: registered.append(kw))
+    monkeypatch.setitem(sys.modules, "SampleData", sample_data)
+    SR4ZCT.SR4ZCT(types.SimpleNamespace())  # Slicer creates the module at startup ...
+    [(signal, slot)] = slicer.app.connections
+    assert signal == "startupCompleted()" and slot is SR4ZCT.registerSampleData
+    slot()  # ... and registers the sample once startup completed
+    [sample] = registered
+    assert sample["category"] == "SR4ZCT" and os.path.isfile(sample["thumbnailFileName"])
+    copy = tmp_path / sample["fileNames"]
+    urllib.request.urlretrieve(sample["uris"], copy)  # how SampleData fetches it
+    algorithm, digest = sample["checksums"].split(":")
+    assert algorithm == "SHA256" and hashlib.sha256(copy.read_bytes()).hexdigest() == digest
+    module = SR4ZCT.SR4ZCT(types.SimpleNamespace())
+    assert "Limits" in module.parent.helpText and "MLMI 2023" in module.parent.acknowledgementText
+
+
+def test_export_writes_the_selected_result_as_a_derived_dicom_series(SR4ZCT, tmp_path, monkeypatch):
+    import pydicom
+
+    from SR4ZCTLib.io.dicom import read_source_series
+    from SR4ZCTLib.io.volumes import read_volume
+    from SR4ZCTLib.mrml.nodes import lps_to_ras, node_from_volume, set_provenance, volume_from_node
+
+    chest = model.ROOT.parent / "shared" / "data" / "chest_ct_5mm"
+    if not chest.is_dir():
+        pytest.skip(f"{chest} (shared real DICOM) not present")
+    series = tmp_path / "input"
+    series.mkdir()
+    for file in sorted(chest.glob("*.dcm"))[:6]:
+        (series / file.name).write_bytes(file.read_bytes())
+    files = {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID): str(f) for f in series.iterdir()}
+    slicer.dicomDatabase = model.DicomDatabase({uid: "5.0" for uid in files}, files=files)
+    ct = node_from_volume(lps_to_ras(read_volume(series)), slicer.mrmlScene, "CT")
+    ct.SetAttribute("DICOM.instanceUIDs", " ".join(files))
+    host = open_panel(SR4ZCT)
+    ui, parameters = host.ui, host.widget._parameterNode
+    assert not ui.exportButton.enabled  # no result selected
+    result = node_from_volume(volume_from_node(ct), slicer.mrmlScene, "CT SR4ZCT", reference=ct)
+    set_provenance(result, {"sr4zct_version": "test", "acquisition": {"through_plane_axis": "k"}}, ct)
+    parameters.outputVolume = result
+    assert ui.exportButton.enabled
+    monkeypatch.setattr(model.QFileDialog, "answer", str(tmp_path))
+    ui.exportButton.click()
+    assert_clean()
+    folder = tmp_path / "CT SR4ZCT DICOM"
+    assert ui.statusLabel.text == f"Exported the derived DICOM series to {folder}"
+    derived = read_source_series(folder).header
+    assert "DERIVED" in list(derived.ImageType) and derived.StudyInstanceUID == read_source_series(series).header.StudyInstanceUID
+    ui.exportButton.click()  # again: the folder exists and is never replaced
+    assert "exists" in ui.statusLabel.text and "--overwrite" not in ui.statusLabel.text
+    assert len(model.SLOT_ERRORS) == 1
 
 
 # ---- PyTorch through the PyTorch extension ---------------------------------------------------------------------------

@@ -257,9 +257,14 @@ def read_source_series(folder: str | os.PathLike, is_template: bool = False) -> 
         raise InputError(f"no DICOM images with study and instance UIDs in {folder}; give a DICOM series folder")
     if len({str(h.get("SeriesInstanceUID", "")) for h in headers}) > 1:
         raise InputError(f"{folder} holds several DICOM series; give a folder with one series")
+    return source_from_headers(headers, is_template, str(folder))
+
+
+def source_from_headers(headers: list, is_template: bool = False, folder: str = "") -> SourceSeries:
+    """The source series of these slice headers (one series), sorted along the slice normal."""
     instances = [(str(h.SOPClassUID), str(h.SOPInstanceUID), _along_normal(h)) for h in headers]
     instances.sort(key=lambda item: item[2])
-    return SourceSeries(headers[0], instances, is_template, str(folder))
+    return SourceSeries(headers[0], instances, is_template, folder)
 
 
 def _along_normal(header) -> float:

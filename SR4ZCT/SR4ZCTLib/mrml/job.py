@@ -21,7 +21,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -32,10 +32,12 @@ from ..core.intensity import check_intensities
 from ..metrics import RunMetrics
 from ..options import RunOptions
 from ..core.memory import check_memory, estimate_memory_bytes
-from .nodes import DicomValueLookup, add_confidence_node, lps_to_ras, node_from_volume, volume_from_node, write_node
+from .nodes import (DicomValueLookup, add_confidence_node, crop_to_box, lps_to_ras, node_from_volume,
+                    roi_index_box, set_provenance, volume_from_node, write_node)
+from .library import LibraryModel, ModelLibrary
 from ..progress import Progress
 from ..core.volume import AXIS_NAMES, read_through_plane_geometry
-from ..io.volumes import read_volume
+from ..io.volumes import read_volume, write_volume
 
 LIBRARY_PARENT = str(Path(__file__).resolve().parents[2])  # the folder holding SR4ZCTLib
 CONFIDENCE_FILE = "confidence.nrrd"  # in the job's temporary folder
@@ -81,6 +83,47 @@ def kill_process_tree(process: subprocess.Popen) -> None:
         process.kill()
 
 
+def _installed_version(name: str) -> Optional[str]:
+    """A package's installed version, read without importing it (None when absent)."""
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _with_own_sources(geometry, volume):
+    """geometry with the volume's own source ("dicom", "geometry", "assumed") for a given number equal to the
+    volume's own: the panel passes the values it filled in, which came from the volume, not from the user. Never
+    claims more than the volume says (an unchanged assumed thickness stays "assumed")."""
+    try:
+        own, _ = read_through_plane_geometry(volume, None, None, geometry.acquisition.profile)
+    except InputError:  # e.g. a DICOM thickness outside the engine's range: the given numbers are the user's
+        return geometry
+    thickness = own.thickness_source if _same_mm(own.acquisition.thickness_mm, geometry.acquisition.thickness_mm) \
+        else geometry.thickness_source
+    increment = own.increment_source if _same_mm(own.acquisition.increment_mm, geometry.acquisition.increment_mm) \
+        else geometry.increment_source
+    return replace(geometry, thickness_source=thickness, increment_source=increment)
+
+
+def _same_mm(a: float, b: float) -> bool:
+    """Equal to the panel's 3 decimals."""
+    return abs(a - b) <= 5e-4
+
+
+def _json_safe(value):
+    """value with tuples as lists and non-finite floats as None, so json.dumps(allow_nan=False) takes it."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
 class EnhanceJob:
     """One run on one input node; see the module docstring for the life cycle."""
 
@@ -88,8 +131,14 @@ class EnhanceJob:
                  output_node=None, output_name: Optional[str] = None,
                  on_progress: Optional[Callable[[Progress], None]] = None,
                  on_log: Optional[Callable[[str], None]] = None,
-                 lookup: Optional[DicomValueLookup] = None) -> None:
+                 lookup: Optional[DicomValueLookup] = None, model_library: Optional[ModelLibrary] = None,
+                 roi_node=None) -> None:
+        """model_library: save the trained model there, keyed by its protocol (unless the request names a file);
+        roi_node: enhance only the voxels inside this markups ROI (cropped on the input's grid, no resampling)."""
         self.input_node, self.request, self.output_node = input_node, request, output_node
+        self.roi_node = roi_node
+        self.region_box = None  # the input's voxels the run enhances, when limited to roi_node
+        self.model_library = model_library
         self.python = python_executable or sys.executable
         self.output_name = output_name or f"{input_node.GetName()} SR4ZCT"
         self.on_progress, self.on_log, self.lookup = on_progress, on_log, lookup
@@ -107,6 +156,7 @@ class EnhanceJob:
         self._reader_done = False
         self._reader_error: Optional[str] = None
         self._last_line: Optional[str] = None
+        self.geometry = None  # the input's through-plane geometry as the run used it (read by start())
 
     # -- start ---------------------------------------------------------------------------------
     def start(self) -> "EnhanceJob":
@@ -115,9 +165,18 @@ class EnhanceJob:
         if self.output_node is not None and self.output_node is self.input_node:
             raise InputError("the output volume is the input volume; choose 'Create new volume' or another node")
         volume = volume_from_node(self.input_node, self.lookup)
+        if self.roi_node is not None:
+            self.region_box = roi_index_box(self.roi_node, volume)
+            volume = crop_to_box(volume, self.region_box)
         geometry, notes = read_through_plane_geometry(volume, self.request.thickness_mm, self.request.increment_mm,
                                                       self.request.profile)
         check_intensities(volume.array, self.request.allow_non_hu)
+        self.geometry = _with_own_sources(geometry, volume)
+        if self.model_library is not None and self.request.save_model_path is None and self.request.model_path is None:
+            acquisition = geometry.acquisition
+            self.request = replace(self.request, save_model_path=str(self.model_library.new_model_path(
+                acquisition.thickness_mm, acquisition.increment_mm, min(geometry.in_plane_spacing_mm),
+                acquisition.profile, self.request.preset)))
         grid = min(geometry.in_plane_spacing_mm)
         check_memory(estimate_memory_bytes(volume.array.shape, geometry.array_axis, geometry.acquisition.increment_mm,
                                            grid, self.request.target_spacing_mm or grid), self.request.force)
@@ -126,7 +185,10 @@ class EnhanceJob:
         self._folder = Path(tempfile.mkdtemp(prefix="SR4ZCT-"))
         try:
             source = self._folder / "input.nrrd"
-            write_node(self.input_node, str(source))
+            if self.roi_node is not None:
+                write_volume(lps_to_ras(volume), source)  # files are LPS; lps_to_ras is its own inverse
+            else:
+                write_node(self.input_node, str(source))
             command = [self.python, "-m", "SR4ZCTLib.cli", "enhance", str(source), "-o", str(self._folder / "output.nrrd"),
                        "--progress", "json", "--axis", AXIS_NAMES[geometry.axis],  # the panel's axis, not a re-guess
                        *replace(self.request, thickness_mm=geometry.acquisition.thickness_mm,
@@ -250,6 +312,8 @@ class EnhanceJob:
             scene = self.input_node.GetScene()
             self.result_node = node_from_volume(result, scene, self.output_name, reference=self.input_node,
                                                 output_node=self.output_node)
+            set_provenance(self.result_node, self.provenance(), self.input_node)
+            self._register_model()
             if confidence is not None:
                 self._add_confidence_node(confidence, scene)
             self.state = JobState.COMPLETED
@@ -258,6 +322,47 @@ class EnhanceJob:
             self.error = f"importing the result failed: {error}"
         finally:
             self._remove_folder()
+
+    def provenance(self) -> dict:
+        """How the result was made: the request, the acquisition with its sources, the metrics, the versions."""
+        from .. import __version__
+
+        geometry = self.geometry
+        acquisition = geometry.acquisition
+        return {
+            "sr4zct_version": __version__,
+            "torch_version": _installed_version("torch"),
+            "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "input": self.input_node.GetName(),
+            "region": self._region(),
+            "request": _json_safe(asdict(self.request)),
+            "acquisition": {"thickness_mm": acquisition.thickness_mm, "thickness_source": geometry.thickness_source,
+                            "increment_mm": acquisition.increment_mm, "increment_source": geometry.increment_source,
+                            "profile": acquisition.profile, "through_plane_axis": AXIS_NAMES[geometry.axis],
+                            "in_plane_spacing_mm": [float(v) for v in geometry.in_plane_spacing_mm]},
+            "device": self.metrics.device if self.metrics is not None else None,
+            "seed": self.request.seed,
+            "model": (self.metrics.reused_model if self.metrics is not None else None) or None,
+            "saved_model": self.request.save_model_path,
+            "metrics": _json_safe(self.metrics.summary()) if self.metrics is not None else None,
+        }
+
+    def _region(self) -> Optional[dict]:
+        """The ROI the run was limited to: its name and the voxel box of the input (first, last + 1 per i, j, k)."""
+        if self.region_box is None:
+            return None
+        return {"roi": self.roi_node.GetName(), "ijk_box": [list(pair) for pair in self.region_box]}
+
+    def _register_model(self) -> None:
+        """File the model the worker saved in the library (its record beside the file)."""
+        saved = self.request.save_model_path
+        if self.model_library is None or saved is None or Path(saved).parent != self.model_library.folder:
+            return
+        acquisition, metrics = self.geometry.acquisition, self.metrics
+        self.model_library.register(LibraryModel(
+            saved, acquisition.thickness_mm, acquisition.increment_mm, float(min(self.geometry.in_plane_spacing_mm)),
+            acquisition.profile, self.request.preset, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            self.input_node.GetName(), metrics.validation_psnr_db if metrics is not None else None))
 
     def _read_confidence(self, result):
         """The worker's confidence map, checked to lie on the result's grid (read before the scene is touched)."""

@@ -21,12 +21,18 @@ SLICE_THICKNESS_TAG = "0018,0050"
 DicomValueLookup = Callable[[str], Optional[str]]
 
 
-def slicer_dicom_lookup() -> Optional[DicomValueLookup]:
-    """The SliceThickness lookup through Slicer's DICOM database, or None where there is none or it is closed."""
+def _open_dicom_database():
+    """slicer.dicomDatabase when there is one and it is open (a closed one answers every query with an SQL error)."""
     import slicer
 
     database = getattr(slicer, "dicomDatabase", None)
-    if database is None or not database.isOpen:  # a closed database answers every query with a logged SQL error
+    return database if database is not None and database.isOpen else None
+
+
+def slicer_dicom_lookup() -> Optional[DicomValueLookup]:
+    """The SliceThickness lookup through Slicer's DICOM database, or None where there is none or it is closed."""
+    database = _open_dicom_database()
+    if database is None:
         return None
 
     def lookup(uid: str) -> Optional[str]:
@@ -86,6 +92,8 @@ class NodeAcquisition:
     increment_source: str = ""
     warnings: tuple = ()
     error: Optional[str] = None
+    shape: tuple = ()  # the (k, j, i) array's shape
+    array_axis: int = 0  # its through-plane numpy axis
 
     @property
     def usable(self) -> bool:
@@ -126,6 +134,7 @@ def node_from_volume(volume: Volume, scene, name: str, reference=None, output_no
         raise
     if reference is not None:
         node.SetAndObserveTransformNodeID(reference.GetTransformNodeID())
+        place_beside(node, reference)
     if node.GetDisplayNode() is None:
         node.CreateDefaultDisplayNodes()
     reference_display = reference.GetDisplayNode() if reference is not None else None
@@ -163,7 +172,7 @@ CONFIDENCE_COLOURS = ("vtkMRMLColorTableNodeFileInferno.txt", "vtkMRMLPETProcedu
 
 def add_confidence_node(volume: Volume, scene, result_node, name: str = "SR4ZCT confidence"):
     """The disagreement map (HU, RAS Volume) as a colour-mapped node linked to the result; returns the node."""
-    node = node_from_volume(volume, scene, name)
+    node = node_from_volume(volume, scene, name, reference=result_node)
     try:
         node.SetAttribute("SR4ZCT.confidenceOf", result_node.GetID())
         display = node.GetDisplayNode()
@@ -174,7 +183,6 @@ def add_confidence_node(volume: Volume, scene, result_node, name: str = "SR4ZCT 
             top = max(float(np.percentile(volume.array, 99.5)), 1.0)
             display.SetAutoWindowLevel(False)
             display.SetWindowLevelMinMax(0.0, top)
-        place_beside(node, result_node)
     except BaseException:  # leave no half-made node behind
         scene.RemoveNode(node)
         raise
@@ -192,3 +200,108 @@ def place_beside(node, reference) -> None:
     parent = hierarchy.GetItemParent(reference_item)
     item = hierarchy.GetItemByDataNode(node) or hierarchy.CreateItem(parent, node)
     hierarchy.SetItemParent(item, parent)
+
+
+PROVENANCE_ATTRIBUTE = "SR4ZCT.provenance"  # strict JSON: how the result was made (saved with the scene)
+INPUT_ATTRIBUTE = "SR4ZCT.input"  # the ID of the input node a result was made from
+
+
+def set_provenance(node, record: dict, input_node=None) -> None:
+    """Keep how node was made on it, as a JSON attribute (MRML saves attributes with the scene)."""
+    import json
+
+    node.SetAttribute(PROVENANCE_ATTRIBUTE, json.dumps(record, sort_keys=True, allow_nan=False))
+    if input_node is not None:
+        node.SetAttribute(INPUT_ATTRIBUTE, input_node.GetID())
+
+
+def provenance(node) -> Optional[dict]:
+    """How node was made (set_provenance), or None for a node SR4ZCT did not make (or an unreadable record)."""
+    import json
+
+    text = node.GetAttribute(PROVENANCE_ATTRIBUTE) if node is not None else None
+    try:
+        record = json.loads(text) if text else None
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def roi_index_box(roi_node, volume: Volume) -> tuple[tuple[int, int], ...]:
+    """The voxels of volume (RAS) whose centres lie in the markups ROI's box: (first, last + 1) per i, j, k."""
+    return index_box(roi_node, volume.ijk_to_world, volume.array.shape)
+
+
+def node_region_shape(roi_node, node) -> tuple:
+    """The (k, j, i) shape of the node's voxels inside the ROI (for the cost read-out; no voxel is copied)."""
+    image = node.GetImageData()
+    box = index_box(roi_node, ijk_to_ras(node), tuple(reversed(image.GetDimensions())))
+    return tuple(last - first for first, last in reversed(box))
+
+
+def index_box(roi_node, ijk_to_world: np.ndarray, shape: tuple) -> tuple[tuple[int, int], ...]:
+    """The voxels of a (k, j, i) grid whose centres lie in the markups ROI's box: (first, last + 1) per i, j, k.
+
+    The crop is on the input's own voxel grid (no resampling): the region's bounding box in RAS, mapped to the
+    volume's continuous indices, rounded inwards to whole voxels. Both must lie in the same frame (no transform).
+    """
+    if roi_node.GetTransformNodeID():
+        raise InputError(f"the region {roi_node.GetName()} is under a transform; harden it (Data module) first")
+    bounds = [0.0] * 6
+    roi_node.GetRASBounds(bounds)
+    corners = np.array([[x, y, z, 1.0] for x in bounds[0:2] for y in bounds[2:4] for z in bounds[4:6]]).T
+    indices = (np.linalg.inv(ijk_to_world) @ corners)[:3]
+    dimensions = tuple(shape)[::-1]  # (i, j, k)
+    box = []
+    for axis in range(3):
+        first = max(0, int(np.ceil(indices[axis].min() - 1e-6)))
+        last = min(dimensions[axis] - 1, int(np.floor(indices[axis].max() + 1e-6)))
+        if last - first + 1 < 3:
+            raise InputError(f"the region {roi_node.GetName()} holds {max(0, last - first + 1)} voxel(s) of the volume "
+                             f"along {'ijk'[axis]}; SR4ZCT needs at least 3: make the region larger or move it onto "
+                             "the volume")
+        box.append((first, last + 1))
+    return tuple(box)
+
+
+def crop_to_box(volume: Volume, box: tuple[tuple[int, int], ...]) -> Volume:
+    """The voxels inside box (roi_index_box) with their own positions: the grid is the input's, only shorter."""
+    (i0, i1), (j0, j1), (k0, k1) = box
+    matrix = volume.ijk_to_world.copy()
+    matrix[:3, 3] = (volume.ijk_to_world @ np.array([i0, j0, k0, 1.0]))[:3]
+    return Volume(np.ascontiguousarray(volume.array[k0:k1, j0:j1, i0:i1]), matrix, volume.slice_thickness_mm,
+                  volume.source, volume.slice_axis, dict(volume.extra))
+
+
+# (instance UID) -> the DICOM file Slicer's database holds for it, or None; in Slicer from slicer.dicomDatabase
+DicomFileLookup = Callable[[str], Optional[str]]
+
+
+def slicer_dicom_files() -> Optional[DicomFileLookup]:
+    """The instance-to-file lookup of Slicer's DICOM database, or None where there is none or it is closed."""
+    database = _open_dicom_database()
+    return (lambda uid: database.fileForInstance(uid) or None) if database is not None else None
+
+
+def export_dicom_series(result_node, input_node, folder, files: Optional[DicomFileLookup]):
+    """Write result_node as the derived DICOM series the command line writes (DERIVED\\SECONDARY, references to
+    the input's slices, its study and frame of reference), from the input's own DICOM instances; returns the folder.
+
+    The folder is checked before anything is written, and published whole (io/dicom_write.py)."""
+    import pydicom
+
+    from ..io.dicom import source_from_headers
+    from ..io.dicom_write import check_dicom_output, write_dicom_series
+    from ..core.volume import AXIS_NAMES
+
+    uids = (input_node.GetAttribute("DICOM.instanceUIDs") or "").split() if input_node is not None else []
+    paths = [files(uid) for uid in uids] if files is not None else []
+    if not uids or not all(paths):
+        raise InputError(f"{input_node.GetName() if input_node else 'the input'} was not loaded from Slicer's DICOM "
+                         "database, so there is no study to put the series in; load the input from DICOM")
+    folder = check_dicom_output(folder, [str(p) for p in paths])
+    headers = [pydicom.dcmread(path, stop_before_pixels=True) for path in paths]
+    axis_name = ((provenance(result_node) or {}).get("acquisition") or {}).get("through_plane_axis", "k")
+    result = lps_to_ras(volume_from_node(result_node))  # RAS to LPS (its own inverse)
+    return write_dicom_series(result, AXIS_NAMES.index(axis_name), folder, source_from_headers(headers),
+                              input_node.GetName())
