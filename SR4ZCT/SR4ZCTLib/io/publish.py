@@ -315,14 +315,65 @@ def write_planned(plan: OutputPlan, stage: Callable[["Publication"], None]) -> l
         raise
 
 
-def write_text(path: str | os.PathLike, text: str, overwrite: bool = True) -> Path:
-    """Write, fsync, verify (read back equal) and publish one small text file (JSON, CSV) outside a run."""
-
+def stage_text(publication: Publication, target: Path, text: str) -> None:
+    """Stage one small text file (JSON, CSV) as UTF-8, verified by reading it back equal."""
     data = text.encode("utf-8")
 
     def verify(name: str) -> None:
         if Path(name).read_bytes() != data:
             raise ValueError("the file read back differs from what was written")
 
-    return write_alone(path, overwrite, lambda publication, target: publication.stage(
-        target, lambda name: Path(name).write_bytes(data), verify))[0]
+    publication.stage(target, lambda name: Path(name).write_bytes(data), verify)
+
+
+def write_text(path: str | os.PathLike, text: str, overwrite: bool = True) -> Path:
+    """Write, fsync, verify (read back equal) and publish one small text file (JSON, CSV) outside a run."""
+    return write_alone(path, overwrite, lambda publication, target: stage_text(publication, target, text))[0]
+
+
+LOCK_SETTLE_S = 10.0  # a lock file younger than this without a process id is being taken
+
+
+def _age_s(path: Path) -> float:
+    import time
+
+    try:
+        return time.time() - path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+class FolderLock:
+    """An O_EXCL lock file holding this process id: one writer per folder; a dead holder's lock is taken over."""
+
+    def __init__(self, path: Path, what: str) -> None:
+        self.path, self.what, self.notes = Path(path), what, []
+
+    def __enter__(self) -> "FolderLock":
+        for _ in range(2):
+            try:
+                descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self._holder()
+                if holder is None and _age_s(self.path) < LOCK_SETTLE_S:
+                    holder = -1  # just created: its holder is still writing its process id
+                if holder is not None and holder != os.getpid() and (holder < 0 or _alive(holder)):
+                    raise InputError(f"another {self.what} (process {holder}) is writing to {self.path.parent} (lock "
+                                     f"{self.path.name}); wait for it to finish or choose another folder") from None
+                self.path.unlink(missing_ok=True)  # left by a killed run
+                self.notes.append(f"removed the lock {self.path} of an interrupted run (process {holder})")
+                continue
+            with os.fdopen(descriptor, "w") as handle:
+                handle.write(f"{os.getpid()}\n")
+            return self
+        raise InputError(f"cannot take the lock {self.path}; another run keeps taking it: wait and try again")
+
+    def _holder(self) -> Optional[int]:
+        try:
+            return int(self.path.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def __exit__(self, *exc) -> None:
+        if self._holder() == os.getpid():
+            self.path.unlink(missing_ok=True)
