@@ -198,10 +198,9 @@ def test_bad_dicom_outputs_are_refused_before_any_work(tmp_path, source, capsys,
         assert [p.name for p in output.iterdir()] == ["keep.txt"]
 
 
-def test_overwrite_replaces_a_series_folder_whole(tmp_path, source, capsys):
-    output = tmp_path / "series"
-    output.mkdir()
-    (output / "old.dcm").write_text("old")
+def test_overwrite_replaces_a_series_folder_whole(tmp_path, source, small_ct, capsys):
+    output = write_source(tmp_path / "series", small_ct[:3], stacked_positions(3, 2.5), thickness=2.5)
+    (output / "old.dcm").write_bytes(next(output.iterdir()).read_bytes())  # one series (holding only it)
     code, _, err = run_cli(["enhance", source, "-o", output, "--overwrite", *RUN], capsys)
     assert code == 0, err
     assert "old.dcm" not in {p.name for p in output.iterdir()} and len(list(output.iterdir())) == 16

@@ -1,8 +1,7 @@
 """`sr4zct enhance` and `sr4zct demo`: one volume, checked first, enhanced, published together; DICOM out and send.
 
 Every output path is checked before any work; the outputs are staged, verified and published together at the
-end (io/publish.py); a DICOM series is written last into its own verified staging folder; a failed send keeps
-the files.
+end (io/publish.py), a DICOM series folder with them; a failed send keeps the files.
 """
 
 from __future__ import annotations
@@ -63,7 +62,8 @@ class EnhanceCommand:
 
         dicom = None
         if is_dicom_output(args.output, args.format):
-            output = check_dicom_output(args.output, [args.input], args.overwrite)
+            inputs = [args.input] + [p for p in (args.dicom_template, args.model_path) if p]
+            output = check_dicom_output(args.output, inputs, args.overwrite)
             dicom = DicomTarget(source_for(args.input, args.dicom_template), Path(args.input).name)
         elif args.dicom_template:
             raise InputError("--dicom-template is for DICOM output; give an output folder or --format dicom")
@@ -170,8 +170,8 @@ def check_space(plan, volume, geometry, options: RunOptions) -> None:
 
 
 def stage_all(publication, command: EnhanceCommand, volume, geometry, result) -> None:
-    """Stage and verify every file artefact; a DICOM series is written last, into its own verified staging folder."""
-    from ..io.dicom_write import write_dicom_series
+    """Stage and verify every artefact (a DICOM series as a staging folder); publish() then places them all or none."""
+    from ..io.dicom_write import stage_dicom_series
     from ..io.volumes import stage_volume
     from ..report import stage_report
 
@@ -184,8 +184,8 @@ def stage_all(publication, command: EnhanceCommand, volume, geometry, result) ->
     if command.report is not None:
         stage_report(publication, command.report, volume, geometry, result.volume, result.metrics, result.confidence)
     if command.dicom is not None:
-        write_dicom_series(result.volume, geometry.axis, command.output, command.dicom.source, command.dicom.input_name,
-                           overwrite=command.overwrite)
+        stage_dicom_series(publication, result.volume, geometry.axis, command.output, command.dicom.source,
+                           command.dicom.input_name)
 
 
 def run(command: EnhanceCommand, console: Console, volume, geometry, notes, plan, model=None):
