@@ -162,6 +162,7 @@ class OutputPlan:
         """Record an output folder checked elsewhere (a DICOM series): no other output may be it or lie inside it."""
         folder = Path(folder)
         self.outputs.append(_Output(option, folder))
+        self.notes.extend(remove_stale_partials(folder.resolve().parent))  # staging folders of dead runs
         return folder
 
     def add_folder(self, option: str, folder: str | os.PathLike, names: Iterable[str]) -> list[Path]:
