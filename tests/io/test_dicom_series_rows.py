@@ -180,3 +180,25 @@ def test_odd_output_folders_are_refused(tmp_path, dicom, capsys, monkeypatch):
     code, _, err = run_cli(["enhance", dicom, "-o", ".", *RUN], capsys)
     assert_refused(code, err, "is the current folder")
     assert list(empty.iterdir()) == [] and list(work.iterdir()) == [] and _left_over(tmp_path) == []
+
+
+# ---- row 12: float results (a RescaleSlope 0.5 input, a float volume with a template) verify and publish ------------
+@pytest.mark.parametrize("kind", ["slope-half", "float-with-template"])
+def test_float_results_publish_as_dicom(tmp_path, small_ct, capsys, kind):
+    rng = np.random.default_rng(0)
+    values = rng.normal(-550, 200, small_ct.shape).astype(np.float32)
+    if kind == "slope-half":
+        source = write_dicom_series(tmp_path / "src", values, stacked_positions(6, 2.5), thickness=2.5)
+        for path in source.iterdir():
+            ds = pydicom.dcmread(str(path))
+            ds.RescaleSlope = 0.5
+            ds.save_as(str(path))
+        extra = []
+    else:
+        from SR4ZCTLib.io.volumes import write_volume
+
+        source = write_volume(Volume(values + np.float32(0.3), MATRIX), tmp_path / "f.nrrd")
+        extra = ["--dicom-template", write_dicom_series(tmp_path / "t", small_ct[:2], stacked_positions(2, 2.5))]
+    code, _, err = run_cli(["enhance", source, "-o", tmp_path / "out", *extra, *RUN], capsys)
+    assert code == 0, err
+    assert len(_series_uids(tmp_path / "out")) == 1 and _left_over(tmp_path) == []

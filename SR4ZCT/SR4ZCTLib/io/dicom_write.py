@@ -282,6 +282,14 @@ def write_dicom_series(volume: Volume, axis: int, folder: str | os.PathLike, sou
     return Path(folder)
 
 
+def voxel_tolerance(images: np.ndarray) -> float:
+    """How far a voxel read back may lie from the result: half a stored step, plus float32 rounding on both sides
+    (the result and the reader's rescaled values are float32)."""
+    slope, _ = rescale_for(images)
+    largest = float(np.abs(images).max()) + slope
+    return slope / 2 + 4 * float(np.finfo(np.float32).eps) * largest + 1e-6
+
+
 def verify_dicom_series(folder: Path, volume: Volume, axis: int, count: int) -> None:
     """Read the written series back: file count, geometry within 1e-3 mm and voxels equal, or raise."""
     from .dicom import read_dicom_series
@@ -293,6 +301,5 @@ def verify_dicom_series(folder: Path, volume: Volume, axis: int, count: int) -> 
     back = read_dicom_series(folder)
     if back.array.shape != images.shape or np.abs(back.ijk_to_world - matrix).max() > GEOMETRY_TOLERANCE_MM:
         raise OSError(f"the DICOM series read back from {folder} does not match the result's geometry")
-    slope, _ = rescale_for(images)
-    if np.abs(back.array.astype(np.float64) - images).max() > slope / 2 + 1e-6:
+    if np.abs(back.array.astype(np.float64) - images).max() > voxel_tolerance(images):
         raise OSError(f"the DICOM series read back from {folder} does not match the result's voxels")
