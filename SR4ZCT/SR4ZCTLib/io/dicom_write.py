@@ -183,6 +183,8 @@ def derived_series(volume: Volume, axis: int, source: SourceSeries, input_name: 
         ds.SeriesTime = ds.ContentTime = now[1]
         ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
         ds.DerivationDescription = derivation[:1024]
+        if not derivation.isascii() and "SpecificCharacterSet" not in ds:
+            ds.SpecificCharacterSet = "ISO_IR 192"  # the input's name is not ASCII: declare UTF-8
         ds.InstanceNumber = index + 1
         ds.ImagePositionPatient = [_ds(v) for v in position]
         ds.ImageOrientationPatient = [_ds(v) for v in (*row_cosine, *column_cosine)]
