@@ -36,6 +36,7 @@ LOCK_NAME = ".sr4zct-batch.lock"  # held while a batch writes to its --out folde
 SUMMARY_FIELDS = ("name", "input", "status", "seconds", "validation_psnr_db", "validation_linear_psnr_db", "output",
                   "error")
 SAFE_NAME = re.compile(r"^\w(?:[\w .+-]{0,126}[\w.+-])?$")  # letters of any script, digits, inner spaces, . _ + -
+WARNINGS = "warnings"  # a task's Python warnings, returned with its summary row (not a summary column)
 GPU = "GPU"  # the Dask worker resource a CUDA task asks for
 SCHEDULER_TIMEOUT = "30s"
 
@@ -207,13 +208,18 @@ def summary_row(series: Series, status: str, out: Optional[Path] = None, trainin
 
 def run_series(series: Series, out: str, options: RunOptions, device: str, threads: int, overwrite: bool = False) -> dict:
     """One task (runs on a Dask worker): enhance one series and write its output and metrics; never raises."""
+    import warnings
+
     started = time.perf_counter()
-    try:
-        metrics = _enhance_one(series, Path(out), options, _worker_device(device), threads, overwrite)
-        return summary_row(series, "done", Path(out), metrics.training, time.perf_counter() - started)
-    except Exception as error:  # one bad series fails alone, with its message in the summary
-        message = str(error) if isinstance(error, InputError) else f"{error.__class__.__name__}: {error}"
-        return summary_row(series, "failed", seconds=time.perf_counter() - started, error=message)
+    with warnings.catch_warnings(record=True) as caught:  # sent back to the client, shown as its --progress style
+        warnings.simplefilter("default")
+        try:
+            metrics = _enhance_one(series, Path(out), options, _worker_device(device), threads, overwrite)
+            row = summary_row(series, "done", Path(out), metrics.training, time.perf_counter() - started)
+        except Exception as error:  # one bad series fails alone, with its message in the summary
+            message = str(error) if isinstance(error, InputError) else f"{error.__class__.__name__}: {error}"
+            row = summary_row(series, "failed", seconds=time.perf_counter() - started, error=message)
+    return row | {WARNINGS: [f"{series.name}: {w.message}" for w in caught]}
 
 
 def _worker_device(device: str) -> str:
@@ -310,6 +316,7 @@ def run_batch(series: list[Series], out: Path, options: RunOptions, workers: int
                     summary[item.row] = future.result()
                 except Exception as error:  # the worker died, or the task could not be run at all
                     summary[item.row] = summary_row(item, "failed", error=f"{error.__class__.__name__}: {error}")
+                _warn(bar, progress, summary[item.row].pop(WARNINGS, []))
                 _tick(bar, progress, summary[item.row])
             _close(bar)
         except (KeyboardInterrupt, Cancelled):
@@ -350,6 +357,17 @@ def _tick(bar, progress: str, row: dict) -> None:
         bar.update(1)
     elif progress == "json":
         sys.stderr.write(json.dumps({"stage": "batch", "series": row["name"], "status": row["status"]}) + "\n")
+
+
+def _warn(bar, progress: str, notes: list[str]) -> None:
+    """A worker's Python warnings, as the command's own: JSON objects with --progress json, else warning lines."""
+    for note in notes:
+        if progress == "json":
+            sys.stderr.write(json.dumps({"warning": note}) + "\n")
+        elif bar is not None:
+            bar.write(f"warning: {note}", file=sys.stderr)
+        else:
+            sys.stderr.write(f"warning: {note}\n")
 
 
 def _close(bar) -> None:
