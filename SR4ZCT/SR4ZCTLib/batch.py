@@ -275,8 +275,6 @@ def run_batch(series: list[Series], out: Path, options: RunOptions, workers: int
 
     The options are checked (the ranges `enhance` has) before any cluster starts; local workers are capped to the
     series left to do. Cancelled (SIGTERM, Ctrl-C) raises Cancelled saying which finished series were kept."""
-    from distributed import Client, LocalCluster, as_completed
-
     options.checked()
     summary: dict[int, dict] = {}
     todo = []
@@ -286,6 +284,21 @@ def run_batch(series: list[Series], out: Path, options: RunOptions, workers: int
             todo.append(item)
         else:
             summary[item.row] = summary_row(item, "skipped", out, done.get("training"))
+    try:
+        _run_todo(todo, summary, len(series), out, options, workers, scheduler, progress, overwrite)
+    except (KeyboardInterrupt, Cancelled):
+        kept = [item.name for item in series if already_done(out, item, options) is not None]
+        raise Cancelled("terminated", kept=f"{len(kept)} finished series kept in {out} "
+                        f"({', '.join(kept[:5]) + (', ...' if len(kept) > 5 else '') or 'none'}), the unfinished "
+                        "ones were not written; run the same command again to resume") from None
+    return [summary[item.row] for item in series]
+
+
+def _run_todo(todo: list[Series], summary: dict[int, dict], total: int, out: Path, options: RunOptions, workers: int,
+              scheduler: Optional[str], progress: str, overwrite: bool) -> None:
+    """Run the series left to do as Dask tasks on a local cluster (or the given scheduler), filling summary."""
+    from distributed import Client, LocalCluster, as_completed
+
     if todo:
         workers = min(workers, len(todo))
         device = _batch_device(options.device)
@@ -309,7 +322,7 @@ def run_batch(series: list[Series], out: Path, options: RunOptions, workers: int
             futures = {client.submit(run_series, item, str(out), options, device, threads, overwrite,
                                      key=f"sr4zct-{item.name}-{run_id}", resources=resources, pure=False): item
                        for item in todo}
-            bar = _bar(progress, len(series), len(series) - len(todo))
+            bar = _bar(progress, total, total - len(todo))
             for future in as_completed(futures):
                 item = futures[future]
                 try:
@@ -319,16 +332,10 @@ def run_batch(series: list[Series], out: Path, options: RunOptions, workers: int
                 _warn(bar, progress, summary[item.row].pop(WARNINGS, []))
                 _tick(bar, progress, summary[item.row])
             _close(bar)
-        except (KeyboardInterrupt, Cancelled):
-            kept = [row["name"] for row in summary.values() if row["status"] in ("done", "skipped")]
-            raise Cancelled("terminated", kept=f"{len(kept)} finished series kept in {out} "
-                            f"({', '.join(kept[:5]) + (', ...' if len(kept) > 5 else '') or 'none'}), the unfinished "
-                            "ones were not written; run the same command again to resume") from None
         finally:
             client.close()
             if cluster is not None:
                 cluster.close()
-    return [summary[item.row] for item in series]
 
 
 def _gpu_count() -> int:

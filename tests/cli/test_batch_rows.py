@@ -7,6 +7,7 @@ inputs' bytes are unchanged."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -202,3 +203,22 @@ def test_a_dead_batchs_lock_is_taken_over(tmp_path, cohort, capsys):
     assert code == 0 and "1 enhanced" in stdout, err
     assert f"removed the lock {out / '.sr4zct-batch.lock'} of an interrupted run (process {dead.pid})" in err
     assert not (out / ".sr4zct-batch.lock").exists()
+
+
+# ---- row 19: SIGTERM during a batch says which finished series were kept ---------------------------------------------
+def test_sigterm_during_batch_says_what_was_kept(tmp_path, cohort, small_ct, capsys):
+    big = np.tile(small_ct, (8, 16, 16))  # 48 x 384 x 320: long enough to be cancelled while it runs
+    write_volume(Volume(big, MATRIX), tmp_path / "data" / "big.nrrd")
+    cohort.write_text("input,output\ndata/a.nrrd,a\n")
+    assert run_cli(["batch", cohort, "--out", tmp_path / "out", *RUN], capsys)[0] == 0
+    cohort.write_text("input,output\ndata/a.nrrd,a\ndata/big.nrrd,big\n")
+    process = subprocess.Popen([sys.executable, "-m", "SR4ZCTLib.cli", "batch", str(cohort), "--out",
+                                str(tmp_path / "out"), *RUN], stderr=subprocess.PIPE, text=True, env=subprocess_env())
+    import time
+
+    time.sleep(10)  # the cluster is up and `big` is being enhanced
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "cancelled: 1 finished series kept in" in err and "(a)" in err and "resume" in err, err
+    assert not (tmp_path / "out" / "big.nrrd").exists() and not (tmp_path / "out" / ".sr4zct-batch.lock").exists()

@@ -55,6 +55,9 @@ def run_batch_command(args: argparse.Namespace, console: Console) -> int:
     from ..io.publish import FolderLock
 
     workers = check_workers(args.workers)
+    if args.scheduler is not None and not args.scheduler.strip():
+        raise InputError("--scheduler is empty; give a Dask scheduler address, e.g. tcp://head:8786, or leave it out "
+                         "for a local cluster")
     series = read_manifest(args.manifest)
     out = Path(args.out)
     check_out_folder(out)

@@ -15,7 +15,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import Cancelled, InputError
 from ..options import RunOptions
 from ..progress import Progress, Reporter
 from .common import ACQUISITION, TRAINING, Console, add_options, add_progress, add_volume_input, run_options
@@ -228,10 +228,16 @@ def send_result(output: Path, target: SendTarget) -> None:
     """Send the published DICOM output; the files stay whatever happens."""
     from ..io.send import SendError, send_series
 
+    sent = [0]
     try:
-        count = send_series(output, target.destination, target.calling_aet)
+        count = send_series(output, target.destination, target.calling_aet,
+                            on_file=lambda done, total: sent.__setitem__(0, done))
     except SendError as error:
         raise SendError(f"{error} (the series stays in {output}; send it later with `sr4zct send {output} --to ...`)")
+    except (KeyboardInterrupt, Cancelled):
+        raise Cancelled("terminated", kept=f"the series was written and stays in {output}; its sending to "
+                        f"{target.destination} was stopped after {sent[0]} files: send it later with "
+                        f"`sr4zct send {output} --to {target.destination}`") from None
     print(f"sent {count} files to {target.destination}")
 
 
