@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from ..errors import InputError
+from ..errors import Cancelled, InputError
 from .dicom import has_dicm_preamble
 
 DEFAULT_CALLING_AET = "SR4ZCT"
@@ -81,6 +81,8 @@ def send_series(folder: str | os.PathLike, destination: Destination, calling_aet
     check_reachable(destination)
     try:
         association = ae.associate(destination.host, destination.port, ae_title=destination.aet)
+    except Cancelled:
+        raise
     except Exception as error:  # e.g. the host name does not resolve
         raise SendError(f"cannot reach {destination}: {error}; check the host and port") from None
     if not association.is_established:
