@@ -202,3 +202,17 @@ def test_float_results_publish_as_dicom(tmp_path, small_ct, capsys, kind):
     code, _, err = run_cli(["enhance", source, "-o", tmp_path / "out", *extra, *RUN], capsys)
     assert code == 0, err
     assert len(_series_uids(tmp_path / "out")) == 1 and _left_over(tmp_path) == []
+
+
+# ---- row 9: --axis across the DICOM slices: --thickness required, with a warning; no mislabelled DICOM series -------
+def test_axis_across_the_dicom_slices(tmp_path, dicom, capsys):
+    bare = ["--iterations", "2", "--device", "cpu", "--progress", "none"]
+    code, _, err = run_cli(["enhance", dicom, "-o", tmp_path / "o.nrrd", "--axis", "i", *bare], capsys)
+    assert_refused(code, err, "--axis i crosses the DICOM slices .*give --thickness")
+    code, _, err = run_cli(["enhance", dicom, "-o", tmp_path / "out", "--axis", "i", *bare, "--thickness", "1.4"], capsys)
+    assert_refused(code, err, "--axis i crosses the DICOM slices: a derived series .*write a volume file")
+    assert not (tmp_path / "o.nrrd").exists() and not (tmp_path / "out").exists()
+    code, _, err = run_cli(["enhance", dicom, "-o", tmp_path / "o.nrrd", "--axis", "i", *bare, "--thickness", "1.4",
+                            "--increment", "0.8"], capsys)
+    assert code == 0, err
+    assert "warning: --axis i crosses the DICOM slices (stacked along k); using --thickness 1.4 mm" in err

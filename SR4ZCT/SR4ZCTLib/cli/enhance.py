@@ -122,12 +122,31 @@ def read_geometry(path: Path, options: RunOptions, axis: Optional[str] = None, a
     from ..io.volumes import read_volume
 
     volume = read_volume(path, allow_external_data)
+    crossing = []
     if axis is not None:  # the caller knows the slice axis (the Slicer module passes the one its panel showed)
+        crossing = _across_dicom_slices(volume, axis, options)
         volume.slice_axis = AXIS_NAMES.index(axis)
     geometry, notes = read_through_plane_geometry(volume, options.thickness_mm, options.increment_mm, options.profile)
     if axis is not None:
         geometry = dataclasses.replace(geometry, axis_source="user")
-    return volume, geometry, volume.extra.get("notes", []) + notes
+    return volume, geometry, volume.extra.get("notes", []) + crossing + notes
+
+
+def _across_dicom_slices(volume, axis: str, options: RunOptions) -> list[str]:
+    """--axis across a DICOM series' stacking axis: its SliceThickness describes another direction, so --thickness
+    is required (and the series' own thickness is not used); the warning to show."""
+    from ..core.volume import AXIS_NAMES
+
+    stacked = volume.slice_axis if volume.source == "dicom" else None
+    if stacked is None or AXIS_NAMES.index(axis) == stacked:
+        return []
+    if options.thickness_mm is None:
+        raise InputError(f"--axis {axis} crosses the DICOM slices (stacked along {AXIS_NAMES[stacked]}): the series' "
+                         f"SliceThickness describes {AXIS_NAMES[stacked]}, not {axis}; give --thickness (and --increment) "
+                         f"for the {axis} direction, or leave --axis out")
+    volume.slice_thickness_mm = None  # never applied along another axis
+    return [f"--axis {axis} crosses the DICOM slices (stacked along {AXIS_NAMES[stacked]}); using --thickness "
+            f"{options.thickness_mm:g} mm for {axis}, not the series' SliceThickness"]
 
 
 def plan_outputs(command: EnhanceCommand, console: Console):
@@ -216,6 +235,10 @@ def run_enhance_command(args: argparse.Namespace, console: Console) -> int:
     plan = plan_outputs(command, console)
     model = TrainedModel.load(command.options.model_path) if command.options.model_path else None
     volume, geometry, notes = read_geometry(command.input, command.options, command.axis, command.allow_external_data)
+    if command.dicom is not None and geometry.axis != 2 and not command.dicom.source.is_template:
+        raise InputError(f"--axis {command.axis} crosses the DICOM slices: a derived series of images in another "
+                         "orientation than the source's cannot reference its slices; write a volume file (-o X.nrrd) "
+                         "or leave --axis out")
     check_space(plan, volume, geometry, command.options)
     metrics = run(command, console, volume, geometry, notes, plan, model)
     print(metrics.describe(str(command.output)))
