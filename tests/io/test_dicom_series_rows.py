@@ -216,3 +216,15 @@ def test_axis_across_the_dicom_slices(tmp_path, dicom, capsys):
                             "--increment", "0.8"], capsys)
     assert code == 0, err
     assert "warning: --axis i crosses the DICOM slices (stacked along k); using --thickness 1.4 mm" in err
+
+
+# ---- row 20: the hints of DICOM output: a missing input, a template given as a file, a name with a dot -------------
+def test_dicom_output_hints(tmp_path, ct, dicom, capsys):
+    code, _, err = run_cli(["enhance", tmp_path / "missing.nrrd", "-o", tmp_path / "out", *RUN], capsys)
+    assert_refused(code, err, "input .*missing.nrrd does not exist")
+    code, _, err = run_cli(["enhance", ct, "-o", tmp_path / "out", "--dicom-template", next(dicom.iterdir()), *RUN],
+                           capsys)
+    assert_refused(code, err, "--dicom-template .* is a file; give the folder of a DICOM series")
+    code, _, err = run_cli(["enhance", ct, "-o", tmp_path / "out.v2", *RUN], capsys)
+    assert_refused(code, err, "unknown type; .*--format dicom")
+    assert _left_over(tmp_path) == [] and not (tmp_path / "out").exists()

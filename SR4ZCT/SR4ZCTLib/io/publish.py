@@ -136,7 +136,9 @@ class OutputPlan:
         """Check one output path now; returns it."""
         path = Path(path)
         if suffixes is not None and not path.name.lower().endswith(tuple(suffixes)):
-            raise InputError(f"{option} {path.name}: unknown type; end the name with one of {', '.join(suffixes)}")
+            folder = " (or pass --format dicom for a DICOM series folder)" if option == "-o" else ""
+            raise InputError(f"{option} {path.name}: unknown type; end the name with one of {', '.join(suffixes)}"
+                             f"{folder}")
         if path.is_dir():
             raise InputError(f"{option} {path} is a folder; give a file name (--overwrite never replaces a folder)")
         for source in self.protected:
