@@ -228,3 +228,11 @@ def test_dicom_output_hints(tmp_path, ct, dicom, capsys):
     code, _, err = run_cli(["enhance", ct, "-o", tmp_path / "out.v2", *RUN], capsys)
     assert_refused(code, err, "unknown type; .*--format dicom")
     assert _left_over(tmp_path) == [] and not (tmp_path / "out").exists()
+
+
+def test_positions_rounded_to_four_decimals_are_not_a_gap():
+    from SR4ZCTLib.core.acquisition import Acquisition
+
+    rounded = Acquisition(2.49996, 2.5)  # a DICOM header's numbers, rounded to 4 decimals: contiguous slices
+    assert rounded.warnings_for(0.7) == [] and "gap" not in rounded.describe()
+    assert "gap of 0.01 mm" in Acquisition(2.49, 2.5).warnings_for(0.7)[0]  # a real gap is still told
