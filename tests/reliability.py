@@ -32,6 +32,14 @@ from conftest import stacked_positions, write_dicom_series
 
 LIBRARY = str(Path(SR4ZCTLib.__file__).resolve().parents[1])  # the folder holding the SR4ZCTLib under test
 MATRIX = Volume.matrix_from((1.0, -2.0, 3.0), (0.7, 0.7, 2.5), np.eye(3))
+LIMITED_WRITE = """
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+limit = int(sys.argv[1])
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+from SR4ZCTLib.cli import main
+sys.exit(main(sys.argv[2:]))
+"""  # python -c LIMITED_WRITE BYTES ARGS...: the CLI with files limited to BYTES, as on a full disk
 FAST = ["--iterations", "2", "--device", "cpu", "--thickness", "2.5"]
 
 

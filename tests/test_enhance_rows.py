@@ -48,3 +48,13 @@ def test_seeded_cpu_run_is_identical_across_omp_thread_counts(tmp_path):
         assert run.returncode == 0, run.stderr
         results.append(read_volume(output).array)
     np.testing.assert_array_equal(*results)
+
+
+# ---- issue 17 row 11: a target spacing a hair above the increment is the increment: the last slice kept -------------
+@pytest.mark.parametrize("target", ["2.5", "2.500002"])
+def test_a_target_spacing_within_rounding_of_the_increment_keeps_every_slice(tmp_path, ct, capsys, target):
+    code, _, err = run_cli(["enhance", ct, "-o", tmp_path / "o.nrrd", "--target-spacing", target, "--progress", "none",
+                            *FAST], capsys)
+    assert code == 0, err
+    result = read_volume(tmp_path / "o.nrrd")
+    assert result.array.shape[0] == read_volume(ct).array.shape[0] and abs(result.spacing[2] - 2.5) < 1e-9

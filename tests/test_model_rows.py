@@ -1,4 +1,5 @@
-"""Reliability table, model.py: model files validated; a reused model reports no validation of this scan (row 25).
+"""Reliability table, model.py: model files validated (bytes, types, bounds); a reused model reports no validation of
+this scan (row 25; issue 17 rows 7, 17).
 
 Each case checks the exit code, one `error:` line without a traceback, that nothing was published
 and that the input's bytes are unchanged."""
@@ -44,3 +45,44 @@ def test_reused_model_does_not_claim_this_scans_validation(tmp_path, ct, capsys)
     assert "validation PSNR" not in out and "no validation on this scan" in out
     training = json.loads((tmp_path / "r" / "metrics.json").read_text())["training"]
     assert "validation_psnr_db" not in training and training["training_scan"]["validation_psnr_db"] == 41.0
+
+
+# ---- issue 17 row 7: a model file with damaged bytes (a record failing its CRC-32) is refused -------------------------
+def _flip_a_weight_byte(path):
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        record = next(i for i in archive.infolist() if "/data/" in i.filename and i.file_size > 8)
+    data = bytearray(path.read_bytes())
+    local_extra = int.from_bytes(data[record.header_offset + 28:record.header_offset + 30], "little")
+    start = record.header_offset + 30 + len(record.filename.encode()) + local_extra
+    data[start + 2] ^= 0x40  # one bit of one weight: torch's own reader loads it as a wrong weight
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_a_model_with_damaged_bytes_is_refused(tmp_path, ct, capsys):
+    model = _flip_a_weight_byte(small_model(tmp_path / "m.pt"))
+    code, _, err = run_cli(["enhance", ct, "-o", tmp_path / "o.nrrd", "--model", model, *FAST], capsys)
+    assert_refused(code, err, r"m\.pt is damaged: its record .*data/.* fails its CRC-32 check")
+    assert not (tmp_path / "o.nrrd").exists()
+
+
+# ---- issue 17 row 17: fields of the wrong type are "not a valid SR4ZCT model", never a TypeError ---------------------
+WRONG_TYPES = [
+    ("thickness-string", {"acquisition.thickness_mm": "2.5"}),
+    ("increment-list", {"acquisition.increment_mm": [2.5]}),
+    ("profile-number", {"acquisition.profile": 3}),
+    ("grid-string", {"grid_spacing_mm": "0.7"}),
+    ("psnr-string", {"metrics.validation_psnr_db": "41"}),
+    ("acquisition-list", {"acquisition": [2.5, 2.5, "box"]}),
+]
+
+
+@pytest.mark.parametrize("changes", [c for _, c in WRONG_TYPES], ids=[n for n, _ in WRONG_TYPES])
+def test_model_fields_of_the_wrong_type_are_refused(tmp_path, ct, capsys, changes):
+    model = small_model(tmp_path / "m.pt", **changes)
+    code, _, err = run_cli(["enhance", ct, "-o", tmp_path / "o.nrrd", "--model", model, "--progress", "none", *FAST],
+                           capsys)
+    assert_refused(code, err, "not a valid SR4ZCT model")
+    assert not (tmp_path / "o.nrrd").exists()

@@ -22,6 +22,7 @@ from .model import TrainedModel
 from .options import VIEWS, RunOptions, check_range, default_threads
 from .progress import Reporter
 
+SPACING_ROUNDING = 1e-6  # relative: a target spacing this close to the increment is the increment
 EnhanceOptions = RunOptions  # what enhance() runs with: the one options type (options.py)
 
 
@@ -169,13 +170,14 @@ def _in_plane_spacing_for_stack(volume: Volume, axis: int) -> tuple[float, float
 
 
 def check_target_spacing(target_mm: Optional[float], grid_spacing_mm: float, increment_mm: float) -> float:
-    """The output slice spacing (default: the finer in-plane spacing), within its range and at most the increment."""
+    """The output slice spacing (default: the finer in-plane spacing), within its range and at most the increment;
+    a value within rounding (1e-6 relative) of the increment is the increment, so the last slice is kept."""
     target = float(target_mm or grid_spacing_mm)
     check_range("target-spacing", target)
-    if target > increment_mm * (1 + 1e-6):
+    if target > increment_mm * (1 + SPACING_ROUNDING):
         raise InputError(f"--target-spacing {target:g} mm is coarser than the slice increment {increment_mm:g} mm: "
                          f"there would be nothing to enhance; give at most {increment_mm:g} mm")
-    return target
+    return increment_mm if abs(target - increment_mm) <= increment_mm * SPACING_ROUNDING else target
 
 
 def to_output_type(values: torch.Tensor, input_dtype: np.dtype) -> np.ndarray:

@@ -6,7 +6,11 @@ class InputError(ValueError):
 
 
 class Cancelled(Exception):
-    """The user cancelled the run; nothing was written."""
+    """The user cancelled the run; `kept` says what stays (by default: nothing was written)."""
+
+    def __init__(self, message: str = "cancelled", kept: str = "nothing was written") -> None:
+        super().__init__(message)
+        self.kept = kept
 
 
 class ResourceError(RuntimeError):

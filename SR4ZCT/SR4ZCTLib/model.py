@@ -1,12 +1,14 @@
 """A trained network with the acquisition and intensity mapping it was made for: saved, loaded and checked.
 
-A model file is read with torch's weights-only loader and refused unless it is exactly a sane SR4ZCT model
-(keys, architecture bounds, tensor names, shapes and finite values); it is reused only for the acquisition
+A model file is refused when its bytes are damaged (each record's CRC-32), then read with torch's weights-only
+loader and refused unless it is exactly a sane SR4ZCT model (keys, field types, architecture bounds, tensor
+names, shapes and finite values); it is reused only for the acquisition
 and in-plane spacing it was trained for.
 """
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -71,17 +73,19 @@ class TrainedModel:
     @classmethod
     def load(cls, path: str | Path) -> "TrainedModel":
         """Read a model file safely (weights only) and refuse any that is not exactly a sane SR4ZCT model."""
+        if not Path(path).is_file():
+            raise InputError(f"model file {path} does not exist")
+        check_archive(Path(path))
         try:
             bundle = torch.load(str(path), map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise InputError(f"model file {path} does not exist") from None
         except Exception as error:
             raise InputError(f"cannot read model {path}: {error.__class__.__name__}; was it written by sr4zct?") from None
         if not isinstance(bundle, dict) or bundle.get("format") != MODEL_FORMAT:
             raise InputError(f"{path} is not an SR4ZCT model file ({MODEL_FORMAT})")
         try:
             network = _validated_network(bundle)
-            acquisition = Acquisition(**bundle["acquisition"])
+            acquisition = _validated_acquisition(bundle["acquisition"])
+            _check_metrics(bundle["metrics"])
             grid_spacing = _finite(bundle["grid_spacing_mm"], "grid_spacing_mm", 0.01, 100.0)
             normalisation = _validated_normalisation(bundle["normalisation"])
         except (InputError, TypeError, KeyError, ValueError, RuntimeError) as error:
@@ -109,6 +113,41 @@ class TrainedModel:
             )
 
 
+def check_archive(path: Path) -> None:
+    """Refuse a model file whose bytes are damaged: every record's CRC-32 (stored by torch.save) read and checked.
+
+    torch's own reader does not check them (a flipped byte in a weight loads as a wrong weight); Python's zipfile
+    does, for the whole file, in one read."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
+        raise InputError(f"{path} is not an SR4ZCT model file ({MODEL_FORMAT}): not a readable torch archive "
+                         f"({error}); give a file written by --save-model") from None
+    if damaged is not None:
+        raise InputError(f"{path} is damaged: its record {damaged} fails its CRC-32 check (a broken copy or disk); "
+                         "copy the model file again or train a new one (omit --model)")
+
+
+def _validated_acquisition(values: dict) -> Acquisition:
+    """The model's acquisition, each field of its documented type (numbers are numbers, the profile a name)."""
+    if not isinstance(values, dict) or set(values) != {"thickness_mm", "increment_mm", "profile"}:
+        raise ValueError("acquisition must have thickness_mm, increment_mm and profile")
+    if not isinstance(values["profile"], str):
+        raise ValueError(f"acquisition profile {values['profile']!r} is not a name")
+    return Acquisition(_finite(values["thickness_mm"], "thickness_mm", 1e-3, 1e3),
+                       _finite(values["increment_mm"], "increment_mm", 1e-3, 1e3), values["profile"])
+
+
+def _check_metrics(metrics: dict) -> None:
+    """The figures a model carries: a dictionary whose dB figures (validation PSNR) are numbers (or absent)."""
+    if not isinstance(metrics, dict):
+        raise ValueError("metrics is not a dictionary")
+    for name, value in metrics.items():
+        if str(name).endswith("_db") and value is not None:  # the PSNR figures a reused model's report shows
+            _finite(value, name, -1e9, 1e9)
+
+
 def _finite(value, name: str, low: float, high: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) or not low <= value <= high:
         raise ValueError(f"{name} {value!r} is not a number in {low:g}..{high:g}")
@@ -126,8 +165,6 @@ def _validated_network(bundle: dict) -> torch.nn.Module:
     for name, value in options.items():
         if isinstance(value, bool) or not isinstance(value, int) or not bounds[name][0] <= value <= bounds[name][1]:
             raise ValueError(f"{bundle['architecture']} {name} {value!r} is outside {bounds[name][0]}..{bounds[name][1]}")
-    if not isinstance(bundle["metrics"], dict):
-        raise ValueError("metrics is not a dictionary")
     network = build_network(bundle["architecture"], options)
     expected = network.state_dict()
     state = bundle["state_dict"]

@@ -198,11 +198,23 @@ def test_bad_dicom_outputs_are_refused_before_any_work(tmp_path, source, capsys,
         assert [p.name for p in output.iterdir()] == ["keep.txt"]
 
 
-def test_overwrite_replaces_a_series_folder_whole(tmp_path, source, capsys):
-    output = tmp_path / "series"
-    output.mkdir()
-    (output / "old.dcm").write_text("old")
+def test_overwrite_replaces_a_series_folder_whole(tmp_path, source, small_ct, capsys):
+    output = write_source(tmp_path / "series", small_ct[:3], stacked_positions(3, 2.5), thickness=2.5)
+    (output / "old.dcm").write_bytes(next(output.iterdir()).read_bytes())  # one series (holding only it)
     code, _, err = run_cli(["enhance", source, "-o", output, "--overwrite", *RUN], capsys)
     assert code == 0, err
     assert "old.dcm" not in {p.name for p in output.iterdir()} and len(list(output.iterdir())) == 16
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+# ---- issue 17 row 10: a non-ASCII input name is declared (UTF-8), never undeclared Latin-1 --------------------------
+@needs_dciodvfy
+def test_a_non_ascii_input_name_is_declared(tmp_path, small_ct, capsys):
+    source = write_volume(Volume(small_ct, oblique_matrix()), tmp_path / "Müller_ç.nrrd")
+    template = write_source(tmp_path / "t", small_ct[:2], stacked_positions(2, 2.5))
+    code, _, err = run_cli(["enhance", source, "-o", tmp_path / "series", "--dicom-template", template, "--thickness",
+                            "2.5", *RUN], capsys)
+    assert code == 0, err
+    first = pydicom.dcmread(str(sorted((tmp_path / "series").iterdir())[0]))
+    assert "Müller_ç.nrrd" in first.DerivationDescription and first.SpecificCharacterSet == "ISO_IR 192"
+    assert dciodvfy_errors(tmp_path / "series") == []

@@ -13,18 +13,10 @@ import sys
 import numpy as np
 import pytest
 
-from reliability import FAST, InputError, MATRIX, SR4ZCTLib, Volume, assert_refused, cli, ct, digest, read_volume, subprocess_env  # noqa: F401 (fixtures among them)
+from reliability import FAST, LIMITED_WRITE, InputError, MATRIX, SR4ZCTLib, Volume, assert_refused, cli, ct, digest, read_volume, subprocess_env  # noqa: F401 (fixtures among them)
 
 
 # ---- row 17 (and 20): disk full while writing: verified, nothing published, an old output kept ----------------------
-LIMITED_WRITE = """
-import resource, signal, sys
-signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-limit = int(sys.argv[1])
-resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-from SR4ZCTLib.cli import main
-sys.exit(main(sys.argv[2:]))
-"""
 
 
 @pytest.mark.skipif(not hasattr(__import__("resource"), "RLIMIT_FSIZE"), reason="needs RLIMIT_FSIZE (POSIX)")

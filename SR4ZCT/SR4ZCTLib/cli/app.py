@@ -63,8 +63,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     except (InputError, ResourceError) as error:
         sys.stderr.write(f"error: {error}\n")
         return EXIT_ERROR
-    except (KeyboardInterrupt, Cancelled):
-        sys.stderr.write("cancelled: nothing was written\n")
+    except (KeyboardInterrupt, Cancelled) as cancel:
+        sys.stderr.write(f"cancelled: {getattr(cancel, 'kept', 'nothing was written')}\n")
         return EXIT_CANCELLED
     except BrokenPipeError:  # the reader went away (`sr4zct info --json X | head -1`): stop quietly
         devnull = os.open(os.devnull, os.O_WRONLY)

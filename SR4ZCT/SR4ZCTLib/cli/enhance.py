@@ -1,8 +1,7 @@
 """`sr4zct enhance` and `sr4zct demo`: one volume, checked first, enhanced, published together; DICOM out and send.
 
 Every output path is checked before any work; the outputs are staged, verified and published together at the
-end (io/publish.py); a DICOM series is written last into its own verified staging folder; a failed send keeps
-the files.
+end (io/publish.py), a DICOM series folder with them; a failed send keeps the files.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import Cancelled, InputError
 from ..options import RunOptions
 from ..progress import Progress, Reporter
 from .common import ACQUISITION, TRAINING, Console, add_options, add_progress, add_volume_input, run_options
@@ -63,7 +62,8 @@ class EnhanceCommand:
 
         dicom = None
         if is_dicom_output(args.output, args.format):
-            output = check_dicom_output(args.output, [args.input], args.overwrite)
+            inputs = [args.input] + [p for p in (args.dicom_template, args.model_path) if p]
+            output = check_dicom_output(args.output, inputs, args.overwrite)
             dicom = DicomTarget(source_for(args.input, args.dicom_template), Path(args.input).name)
         elif args.dicom_template:
             raise InputError("--dicom-template is for DICOM output; give an output folder or --format dicom")
@@ -122,12 +122,31 @@ def read_geometry(path: Path, options: RunOptions, axis: Optional[str] = None, a
     from ..io.volumes import read_volume
 
     volume = read_volume(path, allow_external_data)
+    crossing = []
     if axis is not None:  # the caller knows the slice axis (the Slicer module passes the one its panel showed)
+        crossing = _across_dicom_slices(volume, axis, options)
         volume.slice_axis = AXIS_NAMES.index(axis)
     geometry, notes = read_through_plane_geometry(volume, options.thickness_mm, options.increment_mm, options.profile)
     if axis is not None:
         geometry = dataclasses.replace(geometry, axis_source="user")
-    return volume, geometry, volume.extra.get("notes", []) + notes
+    return volume, geometry, volume.extra.get("notes", []) + crossing + notes
+
+
+def _across_dicom_slices(volume, axis: str, options: RunOptions) -> list[str]:
+    """--axis across a DICOM series' stacking axis: its SliceThickness describes another direction, so --thickness
+    is required (and the series' own thickness is not used); the warning to show."""
+    from ..core.volume import AXIS_NAMES
+
+    stacked = volume.slice_axis if volume.source == "dicom" else None
+    if stacked is None or AXIS_NAMES.index(axis) == stacked:
+        return []
+    if options.thickness_mm is None:
+        raise InputError(f"--axis {axis} crosses the DICOM slices (stacked along {AXIS_NAMES[stacked]}): the series' "
+                         f"SliceThickness describes {AXIS_NAMES[stacked]}, not {axis}; give --thickness (and --increment) "
+                         f"for the {axis} direction, or leave --axis out")
+    volume.slice_thickness_mm = None  # never applied along another axis
+    return [f"--axis {axis} crosses the DICOM slices (stacked along {AXIS_NAMES[stacked]}); using --thickness "
+            f"{options.thickness_mm:g} mm for {axis}, not the series' SliceThickness"]
 
 
 def plan_outputs(command: EnhanceCommand, console: Console):
@@ -170,8 +189,8 @@ def check_space(plan, volume, geometry, options: RunOptions) -> None:
 
 
 def stage_all(publication, command: EnhanceCommand, volume, geometry, result) -> None:
-    """Stage and verify every file artefact; a DICOM series is written last, into its own verified staging folder."""
-    from ..io.dicom_write import write_dicom_series
+    """Stage and verify every artefact (a DICOM series as a staging folder); publish() then places them all or none."""
+    from ..io.dicom_write import stage_dicom_series
     from ..io.volumes import stage_volume
     from ..report import stage_report
 
@@ -184,8 +203,8 @@ def stage_all(publication, command: EnhanceCommand, volume, geometry, result) ->
     if command.report is not None:
         stage_report(publication, command.report, volume, geometry, result.volume, result.metrics, result.confidence)
     if command.dicom is not None:
-        write_dicom_series(result.volume, geometry.axis, command.output, command.dicom.source, command.dicom.input_name,
-                           overwrite=command.overwrite)
+        stage_dicom_series(publication, result.volume, geometry.axis, command.output, command.dicom.source,
+                           command.dicom.input_name)
 
 
 def run(command: EnhanceCommand, console: Console, volume, geometry, notes, plan, model=None):
@@ -216,6 +235,10 @@ def run_enhance_command(args: argparse.Namespace, console: Console) -> int:
     plan = plan_outputs(command, console)
     model = TrainedModel.load(command.options.model_path) if command.options.model_path else None
     volume, geometry, notes = read_geometry(command.input, command.options, command.axis, command.allow_external_data)
+    if command.dicom is not None and geometry.axis != 2 and not command.dicom.source.is_template:
+        raise InputError(f"--axis {command.axis} crosses the DICOM slices: a derived series of images in another "
+                         "orientation than the source's cannot reference its slices; write a volume file (-o X.nrrd) "
+                         "or leave --axis out")
     check_space(plan, volume, geometry, command.options)
     metrics = run(command, console, volume, geometry, notes, plan, model)
     print(metrics.describe(str(command.output)))
@@ -228,10 +251,16 @@ def send_result(output: Path, target: SendTarget) -> None:
     """Send the published DICOM output; the files stay whatever happens."""
     from ..io.send import SendError, send_series
 
+    sent = [0]
     try:
-        count = send_series(output, target.destination, target.calling_aet)
+        count = send_series(output, target.destination, target.calling_aet,
+                            on_file=lambda done, total: sent.__setitem__(0, done))
     except SendError as error:
         raise SendError(f"{error} (the series stays in {output}; send it later with `sr4zct send {output} --to ...`)")
+    except (KeyboardInterrupt, Cancelled):
+        raise Cancelled("terminated", kept=f"the series was written and stays in {output}; its sending to "
+                        f"{target.destination} was stopped after {sent[0]} files: send it later with "
+                        f"`sr4zct send {output} --to {target.destination}`") from None
     print(f"sent {count} files to {target.destination}")
 
 

@@ -9,6 +9,9 @@ from ..errors import InputError
 from ..options import PROFILES, RANGES
 
 
+CONTIGUOUS_MM = 1e-3  # a gap or overlap this small is rounding (DICOM positions to 4 decimals), not a gap
+
+
 @dataclass(frozen=True)
 class Acquisition:
     """How the thick slices were made along the through-plane axis.
@@ -55,7 +58,7 @@ class Acquisition:
     def warnings_for(self, in_plane_spacing_mm: float) -> list[str]:
         """Plain-language warnings about settings that work but deserve a second look."""
         notes = []
-        if self.overlap_mm < -1e-6:
+        if self.overlap_mm < -CONTIGUOUS_MM:
             notes.append(
                 f"slices have a gap of {-self.overlap_mm:g} mm (increment {self.increment_mm:g} mm > thickness "
                 f"{self.thickness_mm:g} mm): anatomy in the gaps was never measured and cannot be recovered"
@@ -69,8 +72,9 @@ class Acquisition:
         return notes
 
     def describe(self) -> str:
-        kind = "overlap" if self.overlap_mm >= 0 else "gap"
+        kind = "gap" if self.overlap_mm < -CONTIGUOUS_MM else "overlap"
+        size = abs(self.overlap_mm) if abs(self.overlap_mm) > CONTIGUOUS_MM else 0.0
         return (
             f"thickness {self.thickness_mm:g} mm, increment {self.increment_mm:g} mm, "
-            f"{kind} {abs(self.overlap_mm):g} mm, {self.profile} profile"
+            f"{kind} {size:g} mm, {self.profile} profile"
         )

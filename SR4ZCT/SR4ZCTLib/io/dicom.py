@@ -277,8 +277,13 @@ def _along_normal(header) -> float:
 def source_for(input_path: str | os.PathLike, template: Optional[str]) -> SourceSeries:
     """The series the output copies from: the DICOM input itself, else the template; refuses neither."""
     path = Path(input_path)
+    if not path.exists():
+        raise InputError(f"input {path} does not exist; give a DICOM series folder or a .nrrd/.nii.gz/.mha file")
     if is_dicom_input(path):
         return read_source_series(path if path.is_dir() else path.parent)
+    if template is not None and Path(template).is_file():
+        raise InputError(f"--dicom-template {template} is a file; give the folder of a DICOM series (e.g. "
+                         f"{Path(template).parent})")
     if template is None:
         raise InputError(f"{path.name} is not DICOM, so it has no patient or study to put the DICOM series in; "
                          "give --dicom-template DIR (a DICOM series of the same patient and study)")

@@ -3,16 +3,14 @@
 Patient, study and FrameOfReferenceUID come from the source series (or, for a NRRD/NIfTI input,
 patient and study from a template series and a new frame of reference). Every slice gets a new
 SOPInstanceUID in a new series, the output grid's geometry, the source's contrast window and
-references to the source slices it was made from. The files are written to a hidden staging
-folder beside the target, read back and checked (geometry to 1e-3 mm, voxels equal), then the
-folder is renamed into place.
+references to the source slices it was made from. The files are written to a staging folder beside
+the target (`.NAME.sr4zct-PID-N.partial`), read back and checked (geometry to 1e-3 mm, voxels equal), then
+published with the run's other outputs, all or none (io/publish.py).
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -46,27 +44,69 @@ def is_dicom_output(path: str | os.PathLike, fmt: Optional[str]) -> bool:
 
 
 def check_dicom_output(output: str | os.PathLike, inputs: list[str | os.PathLike], overwrite: bool = False) -> Path:
-    """Refuse a series folder that is, holds or lies inside an input, exists (without overwrite), or cannot be made."""
-    from .publish import input_overlap
-
+    """Refuse a series folder that is, holds or lies inside any input of the run (the input, --dicom-template,
+    --model), is a link or the current folder, exists (without overwrite; with it, unless it holds exactly one DICOM
+    series and nothing else), or cannot be made."""
     output = Path(output)
+    _check_not_an_input(output, inputs)
     target = output.resolve()
-    for source in inputs:
-        source = Path(source).resolve()
-        source = source.parent if source.suffix.lower() == ".dcm" else source  # a slice stands for its series
-        if input_overlap(output, source):
-            raise InputError(f"output folder {output} would be written into or over the input {source}; "
-                             "choose a folder outside the input's")
+    if output.is_symlink():
+        raise InputError(f"output folder {output} is a symbolic link (to {os.readlink(output)}); give the folder "
+                         "itself, a new series folder is created there")
+    if target == Path.cwd().resolve() or target in Path.cwd().resolve().parents:
+        raise InputError(f"output folder {output} is the current folder or holds it; give a new folder for the "
+                         "series, e.g. -o ./enhanced")
     if output.exists() and not output.is_dir():
         raise InputError(f"output {output} is a file; a DICOM series is written as a folder: choose a folder name")
-    if output.exists() and any(output.iterdir()) and not overwrite:
-        raise InputError(f"output folder {output} exists; choose another folder or pass --overwrite")
+    if output.exists() and any(output.iterdir()):
+        if not overwrite:
+            raise InputError(f"output folder {output} exists; choose another folder or pass --overwrite")
+        others = not_one_series(output)
+        if others:
+            raise InputError(f"--overwrite replaces only a folder holding one DICOM series, and {output} also holds "
+                             f"{', '.join(others[:3])}{' and more' if len(others) > 3 else ''}; move those away or "
+                             "choose another folder")
     parent = target.parent
     if not parent.is_dir():
         raise InputError(f"output folder's parent {parent} does not exist; create it first")
     if not os.access(parent, os.W_OK):
         raise InputError(f"output folder's parent {parent} is not writable; choose another output path")
     return output
+
+
+def _check_not_an_input(output: Path, inputs: list[str | os.PathLike]) -> None:
+    """Refuse an output folder that is an input, lies inside one or holds one."""
+    from .publish import input_overlap
+
+    for given in inputs:
+        source = Path(given)
+        source = source.parent if source.suffix.lower() == ".dcm" else source  # a slice stands for its series
+        if input_overlap(output, source):
+            raise InputError(f"output folder {output} would be written into or over the input {given}; choose a "
+                             "folder that neither holds nor lies inside an input of the run")
+
+
+def not_one_series(folder: Path) -> list[str]:
+    """What a folder holds besides one DICOM series: other files, subfolders, links, a second series (none: [])."""
+    import pydicom
+
+    from .dicom import has_dicm_preamble
+
+    others, series = [], set()
+    for entry in sorted(folder.iterdir()):
+        if entry.is_symlink() or not entry.is_file():
+            others.append(f"{entry.name}/" if entry.is_dir() else entry.name)
+        elif not has_dicm_preamble(entry):
+            others.append(entry.name)
+        else:
+            try:
+                series.add(str(pydicom.dcmread(str(entry), stop_before_pixels=True,
+                                               specific_tags=["SeriesInstanceUID"]).get("SeriesInstanceUID", "")))
+            except Exception:  # a damaged file with the DICOM marker is not part of a series to replace
+                others.append(entry.name)
+    if len(series) > 1:
+        others.append(f"{len(series)} DICOM series")
+    return others
 
 
 def dicom_layout(volume: Volume, axis: int) -> tuple[np.ndarray, np.ndarray, bool]:
@@ -143,6 +183,8 @@ def derived_series(volume: Volume, axis: int, source: SourceSeries, input_name: 
         ds.SeriesTime = ds.ContentTime = now[1]
         ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
         ds.DerivationDescription = derivation[:1024]
+        if not derivation.isascii() and "SpecificCharacterSet" not in ds:
+            ds.SpecificCharacterSet = "ISO_IR 192"  # the input's name is not ASCII: declare UTF-8
         ds.InstanceNumber = index + 1
         ds.ImagePositionPatient = [_ds(v) for v in position]
         ds.ImageOrientationPatient = [_ds(v) for v in (*row_cosine, *column_cosine)]
@@ -218,43 +260,36 @@ def _copy_window(ds, header) -> None:
         ds.WindowCenter, ds.WindowWidth = _ds(DEFAULT_WINDOW[0]), _ds(DEFAULT_WINDOW[1])
 
 
+def stage_dicom_series(publication, volume: Volume, axis: int, folder: Path, source: SourceSeries,
+                       input_name: str) -> None:
+    """Write the derived series into the publication's staging folder for `folder` and verify it by reading it back;
+    it is published with every other output of the run, all or none (io/publish.py)."""
+    def write(staging: str) -> None:
+        for index, ds in enumerate(derived_series(volume, axis, source, input_name)):
+            ds.save_as(str(Path(staging) / f"{index + 1:05d}.dcm"), enforce_file_format=True)
+
+    count = volume.array.shape[2 - axis]
+    publication.stage_folder(Path(folder), write, lambda staging: verify_dicom_series(Path(staging), volume, axis, count))
+
+
 def write_dicom_series(volume: Volume, axis: int, folder: str | os.PathLike, source: SourceSeries, input_name: str,
                        overwrite: bool = False) -> Path:
-    """Write the derived series into a staging folder beside `folder`, verify it, and rename it into place."""
-    folder = Path(folder)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".partial", dir=folder.resolve().parent))
-    try:
-        datasets = derived_series(volume, axis, source, input_name)
-        for index, ds in enumerate(datasets):
-            ds.save_as(str(staging / f"{index + 1:05d}.dcm"), enforce_file_format=True)
-        verify_dicom_series(staging, volume, axis, len(datasets))
-        os.chmod(staging, 0o777 & ~_umask())
-        _publish_folder(staging, folder, overwrite)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return folder
+    """Check, stage, verify and publish the derived series on its own (outside a run)."""
+    from .publish import OutputPlan, write_planned
+
+    plan = OutputPlan(None, overwrite)
+    plan.protect_folder("-o", check_dicom_output(folder, [], overwrite))
+    write_planned(plan, lambda publication: stage_dicom_series(publication, volume, axis, Path(folder), source,
+                                                               input_name))
+    return Path(folder)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _publish_folder(staging: Path, folder: Path, overwrite: bool) -> None:
-    """Rename staging to folder; an existing folder is replaced only with overwrite (moved aside, then removed)."""
-    if folder.exists() and not any(folder.iterdir()):
-        folder.rmdir()
-    if not folder.exists():
-        os.rename(staging, folder)
-        return
-    if not overwrite:
-        raise InputError(f"output folder {folder} appeared during the run; the result was not written, run again")
-    aside = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".old", dir=folder.resolve().parent))
-    os.rename(folder, aside / folder.name)
-    os.rename(staging, folder)
-    shutil.rmtree(aside, ignore_errors=True)
+def voxel_tolerance(images: np.ndarray) -> float:
+    """How far a voxel read back may lie from the result: half a stored step, plus float32 rounding on both sides
+    (the result and the reader's rescaled values are float32)."""
+    slope, _ = rescale_for(images)
+    largest = float(np.abs(images).max()) + slope
+    return slope / 2 + 4 * float(np.finfo(np.float32).eps) * largest + 1e-6
 
 
 def verify_dicom_series(folder: Path, volume: Volume, axis: int, count: int) -> None:
@@ -268,6 +303,5 @@ def verify_dicom_series(folder: Path, volume: Volume, axis: int, count: int) -> 
     back = read_dicom_series(folder)
     if back.array.shape != images.shape or np.abs(back.ijk_to_world - matrix).max() > GEOMETRY_TOLERANCE_MM:
         raise OSError(f"the DICOM series read back from {folder} does not match the result's geometry")
-    slope, _ = rescale_for(images)
-    if np.abs(back.array.astype(np.float64) - images).max() > slope / 2 + 1e-6:
+    if np.abs(back.array.astype(np.float64) - images).max() > voxel_tolerance(images):
         raise OSError(f"the DICOM series read back from {folder} does not match the result's voxels")
