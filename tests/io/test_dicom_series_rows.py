@@ -110,6 +110,18 @@ def test_sigterm_during_the_swap_keeps_one_whole_series(tmp_path, dicom, old_ser
     assert _left_over(tmp_path) == []
 
 
+def test_a_cancel_while_reading_back_is_a_cancel_not_a_damaged_file(dicom, monkeypatch):
+    from SR4ZCTLib.errors import Cancelled
+    from SR4ZCTLib.io.dicom import scan_folder
+
+    def interrupted(*args, **kwargs):
+        raise Cancelled("terminated")
+
+    monkeypatch.setattr(pydicom, "dcmread", interrupted)  # SIGTERM landing inside pydicom while a series is verified
+    with pytest.raises(Cancelled):
+        scan_folder(dicom, refuse_damaged=True)
+
+
 # ---- row 3: never over an input; --overwrite replaces only a folder holding one series -------------------------------
 def test_overwrite_refuses_an_output_folder_holding_an_input(tmp_path, ct, dicom, capsys):
     project = tmp_path / "proj"

@@ -25,8 +25,8 @@ def engine_messages() -> list[str]:
     panel."""
     found = []
     for path in LIBRARY.rglob("*.py"):
-        if path.parts[-2] in ("cli",) or path.name in ("options.py", "wording.py"):
-            continue  # the command line's own help, and the table itself
+        if path.parts[-2] in ("cli",) or path.name in ("options.py", "wording.py", "batch.py"):
+            continue  # the command line's own help and its cohort runner (batch), and the table itself
         tree = ast.parse(path.read_text())
         docstrings = {id(node.body[0].value) for node in ast.walk(tree)
                       if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef)) and node.body

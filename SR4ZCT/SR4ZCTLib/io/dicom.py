@@ -47,6 +47,25 @@ def scan_folder(folder: Path, refuse_damaged: bool = False) -> list:
     return found
 
 
+def is_image(header) -> bool:
+    """A DICOM image (it has rows or a position), not a presentation state, report or DICOMDIR."""
+    return "Rows" in header or "ImagePositionPatient" in header
+
+
+def _refuse_multi_frame(file: Path, header) -> None:
+    """Multi-frame images (Enhanced CT, legacy multi-frame) are refused, saying so and what to do."""
+    frames = header.get("NumberOfFrames", 1)
+    try:
+        frames = int(frames or 1)
+    except (TypeError, ValueError):
+        frames = 1
+    kind = getattr(header.get("SOPClassUID", ""), "name", "")
+    if frames > 1 or "Enhanced" in kind or "Multi-frame" in kind:
+        raise InputError(f"{file.name} is a multi-frame image ({frames} frame{'s' if frames != 1 else ''}"
+                         f"{', ' + kind if kind else ''}); multi-frame DICOM is not supported: export the series as "
+                         "single-frame images (one file per slice), or convert it to NRRD")
+
+
 def read_dicom_series(folder: str | os.PathLike) -> Volume:
     """Read one DICOM series: slices sorted along the slice normal, increment and SliceThickness checked.
 
@@ -62,6 +81,7 @@ def read_dicom_series(folder: str | os.PathLike) -> Volume:
             f"{folder} holds {len(series)} DICOM series; put one series per folder (or load it in Slicer)"
         )
     for file, header in headers:
+        _refuse_multi_frame(file, header)
         if "ImagePositionPatient" not in header or "ImageOrientationPatient" not in header:
             raise InputError(f"{file.name} is an image without ImagePositionPatient/ImageOrientationPatient, so it "
                              "cannot be placed in the series; remove it from the folder or export the series again")
@@ -116,7 +136,7 @@ def _image_headers(folder: Path) -> list:
     """(file, header) of every DICOM image in folder; other files are skipped, damaged DICOM files refused."""
     headers = []
     for file, header in scan_folder(folder, refuse_damaged=True):
-        if "Rows" in header or "ImagePositionPatient" in header:
+        if is_image(header):
             headers.append((file, header))
         elif "Image Storage" in getattr(header.get("SOPClassUID", getattr(header.get("file_meta", None), "MediaStorageSOPClassUID", None)), "name", ""):
             raise InputError(f"{file.name} is a damaged DICOM file (an image without rows or position: truncated?); "
@@ -217,8 +237,9 @@ def _read_pixels(headers, rescales: list[tuple[float, float]]) -> np.ndarray:
             if syntax is None or syntax in UncompressedTransferSyntaxes or "PixelData" not in dataset:
                 raise InputError(f"the pixel data of {file.name} is missing or truncated ({error}); "
                                  "remove the file or export the series again") from None
+            reason = (str(error).strip().splitlines() or [""])[0].rstrip(": ")  # one line, not the plugin list
             raise InputError(
-                f"cannot decode the pixels of {file.name} ({error.__class__.__name__}: {error}); "
+                f"cannot decode the pixels of {file.name} ({error.__class__.__name__}: {reason}); "
                 "install a decoder (pip install pylibjpeg pylibjpeg-libjpeg) or convert the series to NRRD"
             ) from None
         if pixels.shape != (header.Rows, header.Columns):
@@ -252,7 +273,7 @@ def read_source_series(folder: str | os.PathLike, is_template: bool = False) -> 
     if not folder.is_dir():
         raise InputError(f"DICOM series folder {folder} does not exist; give the folder of a DICOM series")
     headers = [header for _, header in scan_folder(folder)
-               if "SOPInstanceUID" in header and "StudyInstanceUID" in header]
+               if is_image(header) and "SOPInstanceUID" in header and "StudyInstanceUID" in header]
     if not headers:
         raise InputError(f"no DICOM images with study and instance UIDs in {folder}; give a DICOM series folder")
     if len({str(h.get("SeriesInstanceUID", "")) for h in headers}) > 1:

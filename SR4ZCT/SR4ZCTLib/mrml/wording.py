@@ -25,6 +25,8 @@ PANEL_CONTROLS = {
     "--force": "'Run anyway'",
     "--model": "'Model'",
     "--save-model": "'Save the trained model'",
+    "--precision": "the precision option of logic.process()",
+    "--dicom-template": "an input loaded from DICOM",
 }
 
 # Whole phrases that read better rewritten than with the control's name dropped in (applied first, in order).
@@ -46,6 +48,10 @@ PANEL_PHRASES = (
     (r"\. Choose another path or pass --overwrite", ": choose another file"),
     (r"([Cc]hoose another [a-z]+) or pass --overwrite", r"\1"),
     (r" \(--overwrite never replaces a folder\)", ""),
+    (r" \(or pass --format dicom for a DICOM series folder\)", ""),  # the panel exports DICOM with its own button
+    (r"--overwrite replaces only a folder holding one DICOM series, and ", "only a folder holding one DICOM series is "
+     "replaced, and "),
+    (r"use --precision auto or fp32", "use precision 'auto' or 'fp32' in logic.process()"),
 )
 FLAG = re.compile(r"--[a-z][a-z-]*[a-z]")
 
