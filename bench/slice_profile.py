@@ -20,10 +20,11 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
-from scipy.special import erf
 
 from common import VHM
 
+from SR4ZCTLib.core.phantom import make_ball_phantom as make_phantom
+from SR4ZCTLib.core.slice_profile import simulate_stack as simulate
 from SR4ZCTLib.core.slice_profile import (GAUSSIAN_FWTM_RATIO, ProfileEstimate, _axis_models, _predict, estimate_slice_profile,
                            fwhm, fwtm, member_from_widths, thick_sampling_matrix, transfer_function)
 
@@ -39,41 +40,6 @@ def load_vhm() -> np.ndarray:
     import SimpleITK as sitk
 
     return sitk.GetArrayFromImage(sitk.ReadImage(VHM_PATH)).astype(np.float32)
-
-
-def make_phantom(shape: tuple[int, int, int] = (300, 192, 192), spacing: float = 0.8, n_balls: int = 1000,
-                 seed: int = 1) -> np.ndarray:
-    """Statistically isotropic phantom (HU): 40 HU tissue with random anti-aliased balls (radius 1-14 mm)."""
-    rng = np.random.default_rng(seed)
-    vol = np.full(shape, 40.0, np.float32)
-    edge = 0.5  # mm, erf edge width
-    for _ in range(n_balls):
-        radius = float(np.exp(rng.uniform(np.log(1.0), np.log(14.0))))
-        centre = rng.uniform(0, 1, 3) * np.array(shape) * spacing
-        contrast = float(rng.choice([-1, 1]) * np.exp(rng.uniform(np.log(20), np.log(900))))
-        lo = np.maximum(((centre - radius - 3 * edge) / spacing).astype(int), 0)
-        hi = np.minimum(((centre + radius + 3 * edge) / spacing).astype(int) + 2, shape)
-        if np.any(hi <= lo):
-            continue
-        zz, yy, xx = np.ogrid[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
-        dist = np.sqrt((zz * spacing - centre[0]) ** 2 + (yy * spacing - centre[1]) ** 2 + (xx * spacing - centre[2]) ** 2)
-        vol[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] += (contrast * 0.5 * (1 - erf((dist - radius) / (edge * math.sqrt(2))))).astype(np.float32)
-    return vol
-
-
-def simulate(truth: np.ndarray, spacing: float, increment: float, w_mm: float, sigma_mm: float,
-             noise_hu: float = 0.0, noise_corr_px: float = 0.8, seed: int = 0) -> np.ndarray:
-    """Thick slices along axis 0 of the truth (centres every increment from sample 0), plus slice noise."""
-    nz = truth.shape[0]
-    count = int(math.floor((nz - 1) * spacing / increment + 1e-9)) + 1
-    centres = np.arange(count) * increment / spacing
-    sampling = thick_sampling_matrix(nz, centres, w_mm / spacing, sigma_mm / spacing).astype(np.float32)
-    stack = (sampling @ truth.reshape(nz, -1)).reshape((count,) + truth.shape[1:])
-    if noise_hu > 0:
-        rng = np.random.default_rng(seed)
-        noise = ndimage.gaussian_filter(rng.standard_normal(stack.shape).astype(np.float32), (0, noise_corr_px, noise_corr_px))
-        stack = stack + noise * (noise_hu / noise.std())
-    return stack
 
 
 def line_spectra(volume: np.ndarray, spacing: float, stride: int = 5) -> dict[str, tuple[np.ndarray, np.ndarray]]:

@@ -83,3 +83,12 @@ def run_cli(args, capsys):
     code = cli.main([str(a) for a in args])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+@pytest.fixture
+def scene():
+    """A fresh real MRML scene as slicer.mrmlScene (slicer-core), cleared afterwards."""
+    slicer = pytest.importorskip("slicer")
+    slicer.mrmlScene = slicer.vtkMRMLScene()
+    yield slicer.mrmlScene
+    slicer.mrmlScene.Clear(1)

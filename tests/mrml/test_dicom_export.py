@@ -19,13 +19,6 @@ from SR4ZCTLib.mrml.nodes import (INPUT_ATTRIBUTE, export_dicom_series, lps_to_r
 CHEST = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "chest_ct_5mm"
 
 
-@pytest.fixture
-def scene():
-    slicer.mrmlScene = slicer.vtkMRMLScene()
-    yield slicer.mrmlScene
-    slicer.mrmlScene.Clear(1)
-
-
 @pytest.mark.skipif(not CHEST.is_dir(), reason=f"{CHEST} (shared real DICOM) not present")
 def test_the_exported_series_is_derived_from_the_inputs_instances(scene, tmp_path):
     files = sorted(CHEST.glob("*.dcm"))[:8]  # eight slices are enough, and quick

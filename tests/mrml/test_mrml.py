@@ -32,13 +32,6 @@ from conftest import oblique_matrix  # noqa: E402
 IDENTITY = Volume.matrix_from((0.0, 0.0, 0.0), (1.0, 1.0, 1.0), np.eye(3))
 
 
-@pytest.fixture
-def scene():
-    slicer.mrmlScene = slicer.vtkMRMLScene()
-    yield slicer.mrmlScene
-    slicer.mrmlScene.Clear(1)
-
-
 def make_node(scene, array, matrix, name="CT"):
     node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
     slicer.util.updateVolumeFromArray(node, array)

@@ -19,13 +19,6 @@ from SR4ZCTLib.core.volume import Volume  # noqa: E402
 from conftest import oblique_matrix  # noqa: E402
 
 
-@pytest.fixture
-def scene():
-    slicer.mrmlScene = slicer.vtkMRMLScene()
-    yield slicer.mrmlScene
-    slicer.mrmlScene.Clear(1)
-
-
 BRIGHT = (7, 15, 13)  # (k, j, i) of the bright spot
 
 

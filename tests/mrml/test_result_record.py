@@ -19,13 +19,6 @@ from SR4ZCTLib.mrml.nodes import PROVENANCE_ATTRIBUTE, node_from_volume, provena
 from test_slicer_worker import ct_node  # noqa: E402
 
 
-@pytest.fixture
-def scene():
-    slicer.mrmlScene = slicer.vtkMRMLScene()
-    yield slicer.mrmlScene
-    slicer.mrmlScene.Clear(1)
-
-
 def file_under_study(scene, node):
     """Put node under a patient and a study, as Slicer's DICOM import does; returns (hierarchy, study item)."""
     hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)

@@ -27,13 +27,6 @@ from slicer_panel_model import DicomDatabase, MODULE_DIR, ROOT  # noqa: E402
 BLOCKED_IMPORTS = ROOT / "tests" / "blocked_imports"
 
 
-@pytest.fixture
-def scene():
-    slicer.mrmlScene = slicer.vtkMRMLScene()
-    yield slicer.mrmlScene
-    slicer.mrmlScene.Clear(1)
-
-
 def ct_node(scene, spacing=(0.7, 0.7, 2.5), shape=(6, 24, 20), name="CT"):
     array = np.full(shape, -1000, np.int16)
     array[:, 5:-5, 4:-4] = 40

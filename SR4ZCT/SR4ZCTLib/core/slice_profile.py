@@ -891,3 +891,18 @@ def estimate_slice_profile(stack: np.ndarray, in_plane_spacing_mm: float, increm
     return ProfileEstimate(family_name(w, sigma), w, sigma, est_fwhm, est_fwtm, std_f, std_t, confidence,
                            confidence != "low", tuple(notes), tuple(per_axis), check, noise_std,
                            time.perf_counter() - start)
+
+
+def simulate_stack(truth: np.ndarray, spacing: float, increment: float, w_mm: float, sigma_mm: float,
+             noise_hu: float = 0.0, noise_corr_px: float = 0.8, seed: int = 0) -> np.ndarray:
+    """Thick slices along axis 0 of the truth (centres every increment from sample 0), plus slice noise."""
+    nz = truth.shape[0]
+    count = int(math.floor((nz - 1) * spacing / increment + 1e-9)) + 1
+    centres = np.arange(count) * increment / spacing
+    sampling = thick_sampling_matrix(nz, centres, w_mm / spacing, sigma_mm / spacing).astype(np.float32)
+    stack = (sampling @ truth.reshape(nz, -1)).reshape((count,) + truth.shape[1:])
+    if noise_hu > 0:
+        rng = np.random.default_rng(seed)
+        noise = ndimage.gaussian_filter(rng.standard_normal(stack.shape).astype(np.float32), (0, noise_corr_px, noise_corr_px))
+        stack = stack + noise * (noise_hu / noise.std())
+    return stack
