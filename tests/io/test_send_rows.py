@@ -100,3 +100,37 @@ def test_a_non_ascii_calling_ae_title_is_refused_before_the_run(tmp_path, dicom,
     assert '"training"' not in err and not (tmp_path / "out").exists()
     code, _, err = run_cli(["send", dicom, "--to", "PACSé@127.0.0.1:104"], capsys)
     assert_refused(code, err, "is not a DICOM destination.*ASCII")
+
+
+def test_a_compressed_file_no_context_fits_is_one_error_naming_it(tmp_path, dicom, capsys):
+    import pydicom
+    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import CTImageStorage
+
+    from reliability import assert_refused, digest, run_cli
+
+    last = sorted(dicom.iterdir())[-1]
+    ds = pydicom.dcmread(str(last))
+    ds.compress(RLELossless)  # compressed pixel data: cannot be re-encoded into an uncompressed context
+    ds.save_as(str(last), enforce_file_format=True)
+    before = digest(dicom)
+    stored: list[str] = []
+    scp = AE(ae_title="PACS")
+    scp.add_supported_context(CTImageStorage, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])  # uncompressed only
+    port = _free_port()
+
+    def store(event):
+        stored.append(str(event.request.AffectedSOPInstanceUID))
+        return 0x0000
+
+    server = scp.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, store)])
+    try:
+        code, _, err = run_cli(["send", dicom, "--to", f"PACS@127.0.0.1:{port}"], capsys)
+    finally:
+        server.shutdown()
+    count = len(list(dicom.iterdir()))
+    assert_refused(code, err, f"accepts no presentation context for {last.name} .*RLE|accepts no presentation context "
+                              f"for {last.name} .*1.2.840.10008.1.2.5")
+    assert f"{count - 1} of {count} stored: decompress the file or configure the PACS" in err, err
+    assert len(stored) == count - 1 and digest(dicom) == before  # the others stored, every file kept as it was
