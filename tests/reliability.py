@@ -4,6 +4,7 @@ under test for subprocesses, small inputs and a real (then damaged) model file. 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -52,6 +53,36 @@ def run_cli(args, capsys):
     code = cli.main([str(a) for a in args])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+@contextlib.contextmanager
+def unprivileged(tmp_path: Path):
+    """As root, run the block as `nobody` (real and effective ids; root kept as the saved id to come back), with
+    tmp_path reachable: a read-only folder then refuses writes as it does for every user. Otherwise a no-op."""
+    if not hasattr(os, "setresuid") or os.geteuid() != 0:
+        yield
+        return
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    reach = {folder: 0o005 for folder in [tmp_path, *tmp_path.parents]}  # the test's files: listed and read
+    for place in (sys.prefix, LIBRARY, *sys.path):  # Python, the library, lazy imports: passed through only
+        for folder in Path(place).resolve().parents if place else ():
+            reach.setdefault(folder, 0o001)
+    modes = {folder: folder.stat().st_mode & 0o7777 for folder in reach if folder.is_dir()}
+    for folder, mode in modes.items():
+        if mode & reach[folder] != reach[folder]:
+            folder.chmod(mode | reach[folder])
+    os.setresgid(nobody.pw_gid, nobody.pw_gid, 0)
+    os.setresuid(nobody.pw_uid, nobody.pw_uid, 0)
+    try:
+        yield
+    finally:
+        os.setresuid(0, 0, 0)
+        os.setresgid(0, 0, 0)
+        for folder, mode in modes.items():
+            if folder.stat().st_mode & 0o7777 != mode:
+                folder.chmod(mode)
 
 
 def assert_refused(code, err, message):

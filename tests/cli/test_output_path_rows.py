@@ -5,13 +5,14 @@ and that the input's bytes are unchanged."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
 
 import pytest
 
-from reliability import FAST, assert_refused, dicom, digest, run_cli  # noqa: F401 (fixtures among them)
+from reliability import FAST, assert_refused, dicom, digest, run_cli, unprivileged  # noqa: F401 (fixtures among them)
 
 
 # ---- rows 18, 19, 26: every output path checked before any work ---------------------------------------------------
@@ -73,12 +74,10 @@ OUTPUT_PATHS = [_in_dicom, _new_file_in_dicom, _report_in_dicom, _model_is_outpu
 @pytest.mark.parametrize("case", OUTPUT_PATHS, ids=[c.__name__.strip("_") for c in OUTPUT_PATHS])
 def test_output_paths_are_refused_before_any_work(tmp_path, dicom, capsys, monkeypatch, case):
     extra, message = case(tmp_path, dicom)
-    if case is _report_folder_unwritable and os.geteuid() == 0:  # root writes anywhere: ask as a user would
-        real_access = os.access
-        monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == (tmp_path / "locked").resolve()
-                            else real_access(p, mode))
     before, listing = digest(tmp_path), sorted(p.name for p in tmp_path.rglob("*"))
-    code, _, err = run_cli(["enhance", dicom, "-o", tmp_path / "o.nrrd", "--progress", "json", *FAST, *extra], capsys)
+    with unprivileged(tmp_path) if case is _report_folder_unwritable else contextlib.nullcontext():  # root writes anywhere
+        code, _, err = run_cli(["enhance", dicom, "-o", tmp_path / "o.nrrd", "--progress", "json", *FAST, *extra],
+                               capsys)
     assert_refused(code, err, message)
     assert '"training"' not in err  # refused before training started
     assert digest(tmp_path) == before and sorted(p.name for p in tmp_path.rglob("*")) == listing
