@@ -47,6 +47,8 @@ VARIANTS: dict[str, dict] = {  # name -> RunOptions fields changed from the defa
     "short": {"schedule": "short"},
     "batch8": {"batch_size": 8},
     "batch16": {"batch_size": 16},
+    "bf16+channels_last": {"precision": "bf16", "channels_last": True},
+    "bf16+short": {"precision": "bf16", "schedule": "short"},
     "bf16+channels_last+short": {"precision": "bf16", "channels_last": True, "schedule": "short"},
 }
 STAGES = ("pairs", "training", "inference coronal", "inference sagittal", "consistency", "writing+verification",
@@ -103,8 +105,9 @@ def large_case() -> Case:
     return Case(f"512 x 512 x 150, 3 mm every 1 mm ({source})", volume, 3.0)
 
 
-def run_once(case: Case, options: RunOptions, folder: Path) -> tuple[dict, float, object]:
-    """One enhance with its outputs written and verified as the CLI does: (stage seconds, total seconds, metrics)."""
+def run_once(case: Case, options: RunOptions, folder: Path) -> tuple[dict, float, object, np.ndarray]:
+    """One enhance with its outputs written and verified as the CLI does: (stage seconds, total seconds, metrics,
+    the enhanced voxels)."""
     geometry, _ = read_through_plane_geometry(case.volume, case.thickness_mm)
     clock = StageClock()
     started = time.perf_counter()
@@ -123,7 +126,7 @@ def run_once(case: Case, options: RunOptions, folder: Path) -> tuple[dict, float
     publish(plan, lambda publication: stage_report(publication, folder, case.volume, geometry, result.volume,
                                                    result.metrics))
     clock.add("report", time.perf_counter() - begun)
-    return clock.seconds, time.perf_counter() - started, result.metrics
+    return clock.seconds, time.perf_counter() - started, result.metrics, np.asarray(result.volume.array)
 
 
 def publish(plan: OutputPlan, stage) -> None:
@@ -144,18 +147,20 @@ def stage_table(title: str, seconds: dict, total: float) -> str:
     return "\n".join(lines)
 
 
-def variant_table(title: str, rows: list[tuple[str, float, object]]) -> str:
-    base_psnr = next(m.validation_psnr_db for name, _, m in rows if name == "baseline")
-    base_seconds = next(s for name, s, _ in rows if name == "baseline")
+def variant_table(title: str, rows: list[tuple[str, float, object, tuple[float, float]]]) -> str:
+    base_psnr = next(m.validation_psnr_db for name, _, m, _ in rows if name == "baseline")
+    base_seconds = next(s for name, s, _, _ in rows if name == "baseline")
     lines = [f"\n**{title}: speed switches side by side (same run, same seed)**\n",
-             "| variant | total s | speed-up | training s | inference s | validation PSNR dB (linear) | change dB | KEEP |",
-             "|---|---:|---:|---:|---:|---|---:|---|"]
-    for name, seconds, metrics in rows:
+             "| variant | total s | speed-up | training s | inference s | validation PSNR dB (linear) | change dB | "
+             "output vs baseline: mean, p99.9 abs HU | KEEP |",
+             "|---|---:|---:|---:|---:|---|---:|---:|---|"]
+    for name, seconds, metrics, (mean_hu, p999_hu) in rows:
         change = metrics.validation_psnr_db - base_psnr
         keep = "yes" if change > -KEEP_IF_LOSS_UNDER_DB else "no"
         lines.append(f"| {name} | {seconds:.1f} | {base_seconds / seconds:.2f}x | {metrics.timings['training_s']:.1f} | "
                      f"{metrics.timings['inference_s']:.1f} | {metrics.validation_psnr_db:.2f} "
-                     f"({metrics.validation_linear_psnr_db:.2f}) | {change:+.2f} | {keep} |")
+                     f"({metrics.validation_linear_psnr_db:.2f}) | {change:+.2f} | {mean_hu:.2f}, {p999_hu:.1f} | "
+                     f"{keep} |")
     return "\n".join(lines)
 
 
@@ -183,19 +188,26 @@ def main() -> None:
         for threads in args.threads:
             base = RunOptions(device="cpu", threads=threads, seed=args.seed, iterations=args.iterations)
             best: dict[str, tuple[float, object, dict]] = {}
+            differences: dict[str, tuple[float, float]] = {}
+            reference: Optional[np.ndarray] = None
             with tempfile.TemporaryDirectory(prefix="sr4zct-speed-") as scratch:
                 for repeat in range(args.repeats):
                     for name in variants:  # interleaved: A B C A B C, so drift in the machine's load hits all alike
                         folder = Path(scratch) / f"{name}-{repeat}"
                         folder.mkdir()
-                        stages, seconds, metrics = run_once(case, replace(base, **VARIANTS[name]), folder)
+                        stages, seconds, metrics, voxels = run_once(case, replace(base, **VARIANTS[name]), folder)
+                        if reference is None:  # the baseline runs first
+                            reference = voxels.astype(np.float32)
+                        change = np.abs(voxels.astype(np.float32) - reference)
+                        differences[name] = (float(change.mean()), float(np.percentile(change, 99.9)))
+                        del voxels, change
                         print(f"  {case.name}, {threads} thread(s), {name}, repeat {repeat + 1}: {seconds:.1f} s, "
                               f"validation {metrics.validation_psnr_db:.2f} dB", flush=True)
                         if name not in best or seconds < best[name][0]:
                             best[name] = (seconds, metrics, stages)
             title = f"{case.name}, {threads} thread(s)"
             print(stage_table(title, best["baseline"][2], best["baseline"][0]))
-            print(variant_table(title, [(name, best[name][0], best[name][1]) for name in variants]))
+            print(variant_table(title, [(name, best[name][0], best[name][1], differences[name]) for name in variants]))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from .errors import Cancelled
+from .errors import Cancelled, check_cancelled
 
 @dataclass
 class Progress:
@@ -34,6 +34,7 @@ class Reporter:
         self.cancel = cancel
 
     def check(self) -> None:
+        check_cancelled()  # a signal's cancel that Python swallowed on the way
         if self.cancel is not None and self.cancel():
             raise Cancelled("cancelled by the user")
 

@@ -15,7 +15,7 @@ import warnings
 from typing import Optional
 
 from .. import __version__
-from ..errors import Cancelled, InputError, ResourceError
+from ..errors import Cancelled, InputError, ResourceError, clear_cancel, request_cancel
 from . import batch, enhance, send, volumes
 from .common import EXIT_BROKEN_PIPE, EXIT_CANCELLED, EXIT_ERROR, Console, Parser
 
@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _raise_cancelled(signum, frame) -> None:
-    raise Cancelled("terminated")
+    raise request_cancel("terminated")  # remembered: raised again at the next check if Python swallows this one
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -48,6 +48,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     except SystemExit as exit_request:  # --help, or a usage error already printed as one `error:` line
         return int(exit_request.code or 0)
     previous: dict = {}
+    clear_cancel()
     for number in CANCEL_SIGNALS:  # terminal closed (SIGHUP) or kill: cancel like Ctrl-C
         try:
             previous[number] = signal.signal(number, _raise_cancelled)
@@ -73,3 +74,4 @@ def main(argv: Optional[list[str]] = None) -> int:
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
+        clear_cancel()

@@ -14,7 +14,7 @@ from typing import Optional
 import numpy as np
 
 from ..core.volume import Volume
-from ..errors import InputError
+from ..errors import InputError, check_cancelled
 
 POSITION_TOLERANCE_MM = 0.01  # slice positions may deviate this much (plus 1 %) from a uniform grid
 TILT_TOLERANCE_MM = 0.1  # the last slice may sit this far sideways of the first slice's normal, however many slices
@@ -41,6 +41,7 @@ def scan_folder(folder: Path, refuse_damaged: bool = False) -> list:
         try:
             found.append((file, pydicom.dcmread(str(file), stop_before_pixels=True)))
         except Exception as error:
+            check_cancelled()  # pydicom turns a cancel inside a sequence into OSError: not a damaged file
             if refuse_damaged and has_dicm_preamble(file):
                 raise InputError(f"{file.name} is a damaged DICOM file ({error.__class__.__name__}); "
                                  "remove it or export the series again") from None

@@ -16,7 +16,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, check_cancelled
 from ..core.volume import Volume
 from .dicom import SourceSeries
 
@@ -103,6 +103,7 @@ def not_one_series(folder: Path) -> list[str]:
                 series.add(str(pydicom.dcmread(str(entry), stop_before_pixels=True,
                                                specific_tags=["SeriesInstanceUID"]).get("SeriesInstanceUID", "")))
             except Exception:  # a damaged file with the DICOM marker is not part of a series to replace
+                check_cancelled()
                 others.append(entry.name)
     if len(series) > 1:
         others.append(f"{len(series)} DICOM series")
@@ -266,6 +267,7 @@ def stage_dicom_series(publication, volume: Volume, axis: int, folder: Path, sou
     it is published with every other output of the run, all or none (io/publish.py)."""
     def write(staging: str) -> None:
         for index, ds in enumerate(derived_series(volume, axis, source, input_name)):
+            check_cancelled()
             ds.save_as(str(Path(staging) / f"{index + 1:05d}.dcm"), enforce_file_format=True)
 
     count = volume.array.shape[2 - axis]

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
-from ..errors import Cancelled, InputError, ResourceError
+from ..errors import Cancelled, InputError, ResourceError, check_cancelled
 
 PARTIAL_PATTERN = re.compile(r"^\.(?P<name>.+)\.sr4zct-(?P<pid>\d+)-\d+\.partial(?P<ext>.*)$")
 ASIDE_PATTERN = re.compile(r"^\.(?P<name>.+)\.sr4zct-(?P<pid>\d+)-\d+\.old$")  # an old output during its swap
@@ -235,17 +235,21 @@ class Publication:
 
     def stage(self, target: Path, write: Callable[[str], None], verify: Callable[[str], None]) -> None:
         """Write target's temporary file, fsync it and verify it; on any failure remove it and raise `error:`."""
+        check_cancelled()  # a cancel swallowed on the way: stage nothing more
         target = Path(target)
         temporary = partial_name(target, next(_counter))
         self._created(target.parent)
+        self.staged.append((temporary, target))  # before it exists: a cancel from here on removes it
         os.close(os.open(temporary, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
         self._write(temporary, target, write, verify)
 
     def stage_folder(self, target: Path, write: Callable[[str], None], verify: Callable[[str], None]) -> None:
         """The same for a folder of files (a DICOM series): a staging folder `.NAME.sr4zct-PID-N.partial` beside it."""
+        check_cancelled()
         target = Path(target)
         staging = target.with_name(f".{target.name}.sr4zct-{os.getpid()}-{next(_counter)}.partial")
         self._created(target.parent)
+        self.staged.append((staging, target))
         os.mkdir(staging, 0o700)
         self._write(staging, target, write, verify)
 
@@ -255,13 +259,13 @@ class Publication:
             self.plan.created_folders.append(folder)
 
     def _write(self, temporary: Path, target: Path, write: Callable[[str], None], verify: Callable[[str], None]) -> None:
-        self.staged.append((temporary, target))
         try:
             write(str(temporary))
             for path in sorted(temporary.iterdir()) if temporary.is_dir() else [temporary]:
                 _fsync(path)
             verify(str(temporary))
         except (ValueError, OSError, RuntimeError, EOFError) as error:
+            check_cancelled()  # a cancel that a library turned into one of these (pydicom: OSError) stays a cancel
             free = shutil.disk_usage(target.parent).free / 2**20
             reason = (error.strerror if isinstance(error, OSError) and error.strerror
                       else str(error).strip().splitlines()[-1].split("; ")[0])  # the finding, not the input's fix
@@ -274,6 +278,7 @@ class Publication:
         With overwrite an old series folder is moved aside and removed only once everything is in place; a failure
         puts it back. A cancel (SIGTERM, SIGHUP, Ctrl-C) waits until the outputs are all published or all rolled back.
         """
+        check_cancelled()  # a cancel swallowed while staging: publish nothing
         mask = os.umask(0)
         os.umask(mask)
         done: list[tuple[Path, Optional[Path], bool]] = []  # (target, the old one moved aside, target was new)
