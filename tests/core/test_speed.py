@@ -84,6 +84,16 @@ def test_precision_choice_follows_the_cpu(monkeypatch):
         resolve_compute("bf16", cpu)
 
 
+def test_the_default_is_bf16_where_native_and_channels_last_on_a_cpu(monkeypatch):
+    """Issue 18: bench/speed.py measured bf16 autocast + channels_last at 2.36x on the demo, validation -0.00 dB."""
+    options, cpu = RunOptions(), torch.device("cpu")
+    compute = resolve_compute(options.precision, cpu, options.channels_last)
+    assert compute.channels_last and compute.training_autocast == (torch.bfloat16 if cpu_has_native_bf16() else None)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")  # no native bf16: fp32, as before
+    assert resolve_compute(options.precision, cpu, options.channels_last).training_autocast is None
+    assert not resolve_compute(options.precision, torch.device("cuda"), options.channels_last).channels_last
+
+
 def test_short_schedule_is_two_thirds_of_the_steps_small_patches_first():
     standard = preset("fast")
     short = standard.with_schedule("short")
@@ -94,7 +104,8 @@ def test_short_schedule_is_two_thirds_of_the_steps_small_patches_first():
         standard.with_schedule("quick")
 
 
-@pytest.mark.parametrize("options", [RunOptions(precision="auto", device="cpu", seed=3, threads=2),
+@pytest.mark.parametrize("options", [RunOptions(device="cpu", seed=3, threads=2),
+                                     RunOptions(precision="fp32", channels_last=False, device="cpu", seed=3, threads=2),
                                      RunOptions(schedule="short", channels_last=True, device="cpu", seed=3, threads=2)])
 def test_fast_settings_train_deterministically_for_a_seed_and_thread_count(options):
     volume = Volume(thick_stack().astype(np.int16), Volume.matrix_from((0, 0, 0), (0.7, 0.7, 2.0), np.eye(3)))
