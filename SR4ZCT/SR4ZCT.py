@@ -25,7 +25,7 @@ from slicer.parameterNodeWrapper import (
 
 from slicer import vtkMRMLMarkupsROINode, vtkMRMLScalarVolumeNode
 
-from SR4ZCTLib.options import DEVICE_CHOICES, PRESET_NAMES, PROFILES, RANGES, panel_range  # standard library only
+from SR4ZCTLib.options import DEVICE_CHOICES, PRESET_NAMES, PROFILE_CHOICES, RANGES, panel_range  # standard library only
 from SR4ZCTLib.mrml.wording import choice_label, panel_text, source_label  # standard library only
 
 
@@ -98,7 +98,7 @@ THICKNESS_RANGE_MM = RANGES["thickness"]  # the engine's range; a DICOM thicknes
 MINIMUM_TORCH_VERSION = "2.1"
 CONFIDENCE_OPACITY = 0.4  # the confidence map over the result: the anatomy stays readable beneath it
 CHOICE_COMBO_BOXES = {"deviceComboBox": ("device", DEVICE_CHOICES), "presetComboBox": ("preset", PRESET_NAMES),
-                      "profileComboBox": ("profile", PROFILES)}  # combo box: (option, data values in item order)
+                      "profileComboBox": ("profile", PROFILE_CHOICES)}  # combo box: (option, data values in item order)
 
 
 @parameterNodeWrapper
@@ -134,7 +134,7 @@ class SR4ZCTParameterNode:
     inputVolume: vtkMRMLScalarVolumeNode
     thicknessMm: Annotated[float, WithinRange(*panel_range("thickness_mm"))] = 1.0
     incrementMm: Annotated[float, WithinRange(*panel_range("increment_mm"))] = 1.0
-    profile: Annotated[str, Choice(list(PROFILES))] = "box"
+    profile: Annotated[str, Choice(list(PROFILE_CHOICES))] = "box"
     preset: Annotated[str, Choice(list(PRESET_NAMES))] = "fast"
     device: Annotated[str, Choice(list(DEVICE_CHOICES))] = "auto"
     targetSpacingMm: Annotated[float, WithinRange(*panel_range("target_spacing_mm"))] = 0.0

@@ -92,12 +92,22 @@ def simulate(truth: np.ndarray, spacing: float, acquisition: Acquisition, case: 
     return np.round(thick).astype(np.int16), first
 
 
-def sr4zct(thick: np.ndarray, spacing: float, acquisition: Acquisition, iterations=None):
-    """The shipped default as a user runs it (nominal thickness, box profile), and the same model unprojected."""
+VARIANTS = {  # SR4ZCT runs side by side: name -> options changed from the shipped default (told the nominal only)
+    "default": {},
+    "noise": {"training_noise": "auto"},
+    "blurred": {"profile": "blurred-box"},
+    "blurred+noise": {"profile": "blurred-box", "training_noise": "auto"},
+}
+
+
+def sr4zct(thick: np.ndarray, spacing: float, acquisition: Acquisition, iterations=None, **changes):
+    """SR4ZCT as a user runs it (nominal thickness, default profile, the shipped options unless `changes`), and the
+    same model unprojected."""
     volume = Volume(thick, Volume.matrix_from((0, 0, 0), (spacing, spacing, acquisition.increment_mm), np.eye(3)))
-    geometry, _ = read_through_plane_geometry(volume, acquisition.thickness_mm, acquisition.increment_mm)
+    geometry, _ = read_through_plane_geometry(volume, acquisition.thickness_mm, acquisition.increment_mm,
+                                              changes.get("profile"))
     started = time.perf_counter()
-    shipped = enhance(volume, geometry, EnhanceOptions(device="cpu", iterations=iterations, force=True))
+    shipped = enhance(volume, geometry, EnhanceOptions(device="cpu", iterations=iterations, force=True, **changes))
     total_s = time.perf_counter() - started
     plain = enhance(volume, geometry, EnhanceOptions(device="cpu", consistency=False, force=True), model=shipped.model)
     return shipped, total_s, plain.volume.array.astype(np.float32)
@@ -125,6 +135,7 @@ def main() -> None:
     parser.add_argument("--tune", action="store_true", help=f"score the projection at lambda in {LAMBDAS}")
     parser.add_argument("--train", action="store_true", help="also run SR4ZCT (the fast preset, CPU)")
     parser.add_argument("--iterations", type=int, default=None)
+    parser.add_argument("--variants", default="default", help=f"SR4ZCT variants with --train, from {', '.join(VARIANTS)}")
     parser.add_argument("--no-ssim", action="store_true", help="PSNR only (SSIM shown as nan), for the long tables")
     parser.add_argument("--json", help="also write all figures here")
     args = parser.parse_args()
@@ -147,18 +158,22 @@ def main() -> None:
                     projected = consistency(estimate, thick, acquisition, spacing, lam)
                     rows.append((f"{method} + projection (lambda {lam:g})", measure(projected, truth, acquisition), 0.0,
                                  time.perf_counter() - started))
-            if args.train:
-                shipped, total_s, plain = sr4zct(thick, spacing, acquisition, args.iterations)
+            for variant in args.variants.split(",") if args.train else ():
+                shipped, total_s, plain = sr4zct(thick, spacing, acquisition, args.iterations, **VARIANTS[variant])
                 train_s = shipped.metrics.timings["training_s"]
                 infer_s = shipped.metrics.timings["inference_s"]
-                rows.append(("**SR4ZCT shipped default** (fast, projection on)",
-                             measure(shipped.volume.array.astype(np.float32), truth, acquisition), train_s, infer_s))
-                rows.append(("SR4ZCT same model, projection off", measure(plain, truth, acquisition), train_s, infer_s))
+                name = ("**SR4ZCT shipped default** (fast, projection on)" if variant == "default"
+                        else f"SR4ZCT {variant} ({', '.join(f'{k}={v}' for k, v in VARIANTS[variant].items())})")
+                rows.append((name, measure(shipped.volume.array.astype(np.float32), truth, acquisition), train_s,
+                             infer_s))
+                rows.append((f"SR4ZCT {variant}, same model, projection off", measure(plain, truth, acquisition),
+                             train_s, infer_s))
                 for lam in (lambdas if args.tune else ()):
-                    rows.append((f"SR4ZCT unprojected + projection (lambda {lam:g})",
+                    rows.append((f"SR4ZCT {variant} unprojected + projection (lambda {lam:g})",
                                  measure(consistency(plain, thick, acquisition, spacing, lam), truth, acquisition),
                                  train_s, infer_s))
-                extra = {"enhance_s": total_s, "validation": shipped.metrics.training.get("validation_psnr_db")}
+                extra[variant] = {"enhance_s": total_s, "validation": shipped.metrics.training.get("validation_psnr_db"),
+                                  "training_noise": shipped.metrics.training.get("training_noise")}
             title = (f"{label}, {case} slices, thickness {thickness:g} mm every {increment:g} mm "
                      f"({thick.shape[0]} slices); PSNR on [-1024, 3071] HU, soft tissue [-160, 240] HU")
             print(table(title, rows))
@@ -168,10 +183,13 @@ def main() -> None:
                 best = max(baselines, key=lambda r: r[1]["psnr"])
                 cubic = next(r for r in rows if r[0] == "cubic")
                 print(f"\nstrongest learning-free baseline: {best[0]} {best[1]['psnr']:.2f} dB", end="")
-                if args.train:
-                    ours = next(r for r in rows if r[0].startswith("**SR4ZCT shipped"))[1]["psnr"]
-                    print(f"; SR4ZCT shipped default {ours - best[1]['psnr']:+.2f} dB over it, "
-                          f"{ours - cubic[1]['psnr']:+.2f} dB over cubic", end="")
+                for variant in args.variants.split(",") if args.train else ():
+                    ours = next(r for r in rows if r[0].startswith("**SR4ZCT shipped" if variant == "default"
+                                                                   else f"SR4ZCT {variant} ("))[1]
+                    print(f"; SR4ZCT {variant} {ours['psnr'] - best[1]['psnr']:+.2f} dB over it, "
+                          f"{ours['psnr'] - cubic[1]['psnr']:+.2f} dB over cubic, SSIM (cor/sag) "
+                          f"{ours['ssim_cor'] - best[1]['ssim_cor']:+.4f}/{ours['ssim_sag'] - best[1]['ssim_sag']:+.4f}"
+                          " over it", end="")
             print("\n", flush=True)
             results.append({"truth": label, "case": case, "thickness_mm": thickness, "increment_mm": increment,
                             **extra, "rows": [{"method": r[0], **r[1], "train_s": r[2], "infer_s": r[3]} for r in rows]})

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+import warnings
+from dataclasses import asdict, dataclass, replace
 from typing import Optional
 
 import numpy as np
@@ -14,7 +15,9 @@ from .core.device import Compute, resolve_compute, resolve_device
 from .core.inference import enhance_stack, resample_along_axis0
 from .core.intensity import Normalisation, check_intensities
 from .core.memory import check_memory, estimate_memory_bytes, fine_grid_size
+from .core.slice_profile import estimate_noise, estimate_slice_profile
 from .core.training import PRESETS, TrainingConfig, preset, train_network
+from .core.training_noise import TrainingNoise
 from .core.volume import ThroughPlaneGeometry, Volume, enhanced_matrix
 from .errors import InputError
 from .metrics import RunMetrics
@@ -32,6 +35,7 @@ class EnhanceResult:
     model: Optional[TrainedModel]
     metrics: RunMetrics
     confidence: Optional[Volume] = None  # |coronal - sagittal| in HU on the output grid, when asked for
+    geometry: Optional[ThroughPlaneGeometry] = None  # as used: with --profile auto, the estimated profile
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,7 @@ class _Plan:
     device_note: str
     consistency: bool
     compute: Compute  # the network's autocast and memory format (--precision; RunOptions.channels_last)
+    training_noise: str = "off"  # --training-noise: "auto" measures the slices' noise and trains with it
 
 
 def enhance(
@@ -74,6 +79,9 @@ def enhance(
 def _enhance(volume: Volume, geometry: ThroughPlaneGeometry, options: RunOptions, model: Optional[TrainedModel],
              reporter: Reporter) -> EnhanceResult:
     started = time.perf_counter()
+    profile_note = None
+    if options.profile == "auto":
+        geometry, profile_note = estimated_profile(volume, geometry, model, reporter)
     plan = _check(volume, geometry, options, model)
     reporter.step("reading", 1.0, f"device: {plan.device_note}, {plan.compute.describe()}; "
                                   f"{geometry.acquisition.describe()}")
@@ -92,16 +100,48 @@ def _enhance(volume: Volume, geometry: ThroughPlaneGeometry, options: RunOptions
     timings["total_s"] = time.perf_counter() - started
     metrics = RunMetrics(
         preset=options.preset, device=plan.device_note,
-        acquisition=asdict(geometry.acquisition) | {"overlap_mm": geometry.acquisition.overlap_mm},
+        acquisition=asdict(geometry.acquisition) | {"overlap_mm": geometry.acquisition.overlap_mm,
+                                                    "fwtm_mm": geometry.acquisition.fwtm_ratio
+                                                    * geometry.acquisition.thickness_mm},
         thickness_source=geometry.thickness_source, increment_source=geometry.increment_source,
         target_spacing_mm=plan.target_spacing_mm, views=list(options.views),
         consistency="on" if plan.consistency else "off",
         consistency_lambda=float(options.consistency_lambda) if plan.consistency else None,
         input_shape=list(volume.array.shape), output_shape=list(output.array.shape), timings=timings,
         training=training_metrics, threads=torch.get_num_threads() if plan.device.type == "cpu" else None,
-        extra={"compute": plan.compute.describe(), "schedule": options.schedule},
+        extra={"compute": plan.compute.describe(), "schedule": options.schedule}
+        | ({"slice_profile": profile_note} if profile_note is not None else {}),
     )
-    return EnhanceResult(volume=output, model=model, metrics=metrics, confidence=confidence)
+    return EnhanceResult(volume=output, model=model, metrics=metrics, confidence=confidence, geometry=geometry)
+
+
+def estimated_profile(volume: Volume, geometry: ThroughPlaneGeometry, model: Optional[TrainedModel],
+                      reporter: Reporter) -> tuple[ThroughPlaneGeometry, dict]:
+    """--profile auto: the slice profile estimated from the scan (core/slice_profile.py); where the estimate is not
+    trusted, the nominal box with a warning. With a model, the profile it was trained with."""
+    if model is not None:
+        own = model.acquisition
+        acquisition = replace(geometry.acquisition, profile=own.profile, fwtm_mm=own.fwtm_mm)
+        return replace(geometry, acquisition=acquisition), {"source": "the model's", "profile": own.profile}
+    reporter.step("reading", 0.0, "estimating the slice profile from the scan")
+    nominal = geometry.acquisition
+    stack = np.moveaxis(volume.array, geometry.array_axis, 0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        estimate = estimate_slice_profile(stack, min(geometry.in_plane_spacing_mm), nominal.increment_mm,
+                                          nominal.thickness_mm)
+    note = {"source": "estimated", **estimate.as_dict()}
+    if not estimate.trusted:
+        warnings.warn(f"--profile auto: the slice profile estimate is not trusted ({'; '.join(estimate.notes)}); "
+                      f"using the nominal box of {nominal.thickness_mm:g} mm", UserWarning, stacklevel=2)
+        acquisition = replace(nominal, profile="box", fwtm_mm=None)
+    else:
+        family = {"box": "box", "gaussian": "gaussian"}.get(estimate.family, "blurred-box")
+        acquisition = replace(nominal, thickness_mm=float(estimate.fwhm_mm), profile=family,
+                              fwtm_mm=float(estimate.fwtm_mm) if family == "blurred-box" else None)
+    del caught
+    note["used"] = acquisition.describe()
+    return replace(geometry, acquisition=acquisition), note
 
 
 def _check(volume: Volume, geometry: ThroughPlaneGeometry, options: RunOptions,
@@ -126,7 +166,8 @@ def _check(volume: Volume, geometry: ThroughPlaneGeometry, options: RunOptions,
     device, device_note = resolve_device(options.device)
     consistency = config.consistency if options.consistency is None else bool(options.consistency)
     compute = resolve_compute(options.precision, device, options.channels_last)
-    return _Plan(config, grid_spacing, target, normalisation, device, device_note, consistency, compute)
+    return _Plan(config, grid_spacing, target, normalisation, device, device_note, consistency, compute,
+                 options.training_noise)
 
 
 def _train(stack: np.ndarray, volume: Volume, geometry: ThroughPlaneGeometry, plan: _Plan, seed: int,
@@ -135,10 +176,24 @@ def _train(stack: np.ndarray, volume: Volume, geometry: ThroughPlaneGeometry, pl
     slices = torch.empty(stack.shape, dtype=torch.float32)
     for index in range(stack.shape[0]):
         slices[index] = torch.from_numpy(plan.normalisation.forward(np.asarray(stack[index], dtype=np.float32)))
-    result = train_network(slices, _in_plane_spacing_for_stack(volume, geometry.axis), geometry.acquisition,
-                           plan.config, plan.normalisation, plan.device, seed, reporter, plan.compute)
+    spacing = _in_plane_spacing_for_stack(volume, geometry.axis)
+    result = train_network(slices, spacing, geometry.acquisition, plan.config, plan.normalisation, plan.device, seed,
+                           reporter, plan.compute, _training_noise(stack, min(spacing), plan, reporter))
     return TrainedModel(result.network, plan.config.architecture, dict(plan.config.network_options),
                         geometry.acquisition, plan.grid_spacing_mm, plan.normalisation, result.metrics)
+
+
+def _training_noise(stack: np.ndarray, spacing_mm: float, plan: _Plan, reporter: Reporter) -> Optional[TrainingNoise]:
+    """--training-noise auto: the slices' noise (std, in-plane correlation) from uniform regions, in network units."""
+    if plan.training_noise != "auto":
+        return None
+    reporter.step("pairs", 0.0, "measuring the slices' noise")
+    estimate = estimate_noise(stack, spacing_mm)
+    noise = TrainingNoise.from_estimate(estimate, plan.normalisation.scale)
+    if noise is None:
+        warnings.warn(f"--training-noise auto found no noise to match ({'; '.join(estimate.notes) or 'std 0'}); "
+                      "training without added noise", UserWarning, stacklevel=2)
+    return noise
 
 
 def _infer(stack: np.ndarray, volume: Volume, geometry: ThroughPlaneGeometry, plan: _Plan, model: TrainedModel,

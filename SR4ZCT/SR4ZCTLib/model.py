@@ -101,7 +101,8 @@ class TrainedModel:
         mine = self.acquisition
         if (abs(mine.thickness_mm - acquisition.thickness_mm) > ACQUISITION_MATCH_MM
                 or abs(mine.increment_mm - acquisition.increment_mm) > ACQUISITION_MATCH_MM
-                or mine.profile != acquisition.profile):
+                or mine.profile != acquisition.profile
+                or abs(mine.fwtm_ratio - acquisition.fwtm_ratio) * mine.thickness_mm > ACQUISITION_MATCH_MM):
             raise InputError(
                 f"the model was trained for {mine.describe()} but this scan has {acquisition.describe()}; "
                 "a mismatched model costs image quality: train a new one (omit --model) or correct --thickness/--increment"
@@ -131,12 +132,15 @@ def check_archive(path: Path) -> None:
 
 def _validated_acquisition(values: dict) -> Acquisition:
     """The model's acquisition, each field of its documented type (numbers are numbers, the profile a name)."""
-    if not isinstance(values, dict) or set(values) != {"thickness_mm", "increment_mm", "profile"}:
-        raise ValueError("acquisition must have thickness_mm, increment_mm and profile")
+    required = {"thickness_mm", "increment_mm", "profile"}
+    if not isinstance(values, dict) or not required <= set(values) <= required | {"fwtm_mm"}:
+        raise ValueError("acquisition must have thickness_mm, increment_mm and profile (and may have fwtm_mm)")
     if not isinstance(values["profile"], str):
         raise ValueError(f"acquisition profile {values['profile']!r} is not a name")
+    fwtm = values.get("fwtm_mm")
     return Acquisition(_finite(values["thickness_mm"], "thickness_mm", 1e-3, 1e3),
-                       _finite(values["increment_mm"], "increment_mm", 1e-3, 1e3), values["profile"])
+                       _finite(values["increment_mm"], "increment_mm", 1e-3, 1e3), values["profile"],
+                       None if fwtm is None else _finite(fwtm, "fwtm_mm", 1e-3, 1e3))
 
 
 def _check_metrics(metrics: dict) -> None:

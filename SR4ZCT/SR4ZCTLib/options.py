@@ -17,9 +17,11 @@ from typing import Any, Optional, Sequence
 
 from .errors import InputError
 
-PROFILES = ("box", "gaussian")  # slice profile models (core/forward.py states their maths)
+PROFILES = ("box", "gaussian", "blurred-box")  # slice profile models (core/forward.py states their maths)
+PROFILE_CHOICES = PROFILES + ("auto",)  # auto: estimated from the scan (core/slice_profile.py), else the nominal box
 PRESET_NAMES = ("fast", "paper")  # training schedules (core/training.py)
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")  # mps: Apple silicon's Metal (core/device.py)
+TRAINING_NOISE = ("off", "auto")  # noise added to the degraded training inputs (core/training_noise.py)
 PRECISIONS = ("auto", "fp32", "bf16")  # CPU arithmetic of the training steps (core/device.resolve_compute)
 VIEWS = ("coronal", "sagittal")  # the through-plane views the network enhances and fuses
 CONSISTENCY_LAMBDA = 0.1  # relative regularisation of the projection; measured on the phantom, see docs/benchmarks.md
@@ -130,8 +132,11 @@ class RunOptions:
     increment_mm: Optional[float] = option(
         "--increment", "mm", help="slice increment in mm, 0.1..50 (default: from slice positions)",
         slicer="incrementMm", column="increment")
-    profile: Optional[str] = option("--profile", "choice", choices=PROFILES, slicer="profile",
-                                    help="slice profile (default: the one a `simulate` header records, else box)")
+    profile: Optional[str] = option("--profile", "choice", choices=PROFILE_CHOICES, slicer="profile",
+                                    help="slice profile: box, gaussian, blurred-box (FWTM 1.7 x FWHM), or auto "
+                                         "(estimated from the scan's own statistics, the nominal box where the "
+                                         "estimate is not trusted); default: the one a `simulate` header records, "
+                                         "else box")
     preset: str = option("--preset", "choice", "fast", choices=PRESET_NAMES, slicer="preset")
     iterations: Optional[int] = option("--iterations", "int", help="training iterations, 1..10000000 (overrides the "
                                        "preset)", slicer="iterations")
@@ -142,6 +147,11 @@ class RunOptions:
         help="training arithmetic on a CPU: auto (default: bf16 autocast where the CPU has native bfloat16, else "
              "fp32), fp32, or bf16 (native bfloat16 CPUs only); inference stays fp32. bench/speed.py: the demo's "
              "held-out PSNR within 0.05 dB of fp32")
+    training_noise: str = option(
+        "--training-noise", "choice", "off", choices=TRAINING_NOISE,
+        help="auto: measure the slices' noise (uniform regions) and add it to the degraded training inputs as z "
+             "carries it (correlated between slices as measured); off: train on noise-free degradations (default off until "
+             "bench/ shows auto keeps the quality)")
     threads: Optional[int] = option(
         "--threads", "int", help="CPU threads, 1..256 (default: min(4, CPU count)); a seeded run gives the same output "
                                  "at the same thread count", slicer="threads")
@@ -232,5 +242,5 @@ def panel_range(name: str) -> tuple[float, float]:
 
 
 __all__ = ["CONSISTENCY_LAMBDA", "CONSISTENCY_LAMBDA_RANGE", "DEVICE_CHOICES", "PRECISIONS", "PRESET_NAMES", "PROFILES",
-           "RANGES",
+           "PROFILE_CHOICES", "RANGES", "TRAINING_NOISE",
            "RunOptions", "VIEWS", "check_range", "default_threads", "flagged_fields", "panel_range", "spec"]

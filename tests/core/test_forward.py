@@ -32,6 +32,11 @@ def brute_force_thick_samples(signal: np.ndarray, centres: np.ndarray, width: fl
     for centre in centres:
         if profile == "box":
             weight = (np.abs(x - centre) <= width / 2).astype(float)
+        elif profile == "blurred-box":  # box(w) convolved with N(0, sigma^2), FWHM = width, FWTM = 1.7 width
+            from scipy.special import ndtr
+
+            w, s = BLURRED[width]
+            weight = ndtr((x - centre + w / 2) / s) - ndtr((x - centre - w / 2) / s)
         else:
             sigma = width / (2 * np.sqrt(2 * np.log(2)))
             weight = np.exp(-0.5 * ((x - centre) / sigma) ** 2)
@@ -39,19 +44,48 @@ def brute_force_thick_samples(signal: np.ndarray, centres: np.ndarray, width: fl
     return np.array(result)
 
 
-@pytest.mark.parametrize("profile", ["box", "gaussian"])
-@pytest.mark.parametrize("width", [0.4, 1.0, 2.5, 3.7, 7.25])
+def _blurred_box_by_bisection(width: float, ratio: float = 1.7) -> tuple[float, float]:
+    """(w, sigma) with FWHM width and FWTM ratio x width, found by brute force on a fine grid (not the library's)."""
+    from scipy.special import ndtr
+
+    x = np.linspace(0, 3 * width, 120001)
+
+    def widths(alpha):
+        sigma = alpha * width * 0.4246609
+        lo, hi = 0.0, width
+        for _ in range(60):  # the box part that gives FWHM = width for this sigma
+            w = 0.5 * (lo + hi)
+            p = ndtr((x + w / 2) / sigma) - ndtr((x - w / 2) / sigma)
+            half = 2 * x[np.argmax(p < 0.5 * p[0])]
+            lo, hi = (w, hi) if half < width else (lo, w)
+        return w, sigma, 2 * x[np.argmax(p < 0.1 * p[0])]
+
+    lo, hi = 0.05, 0.999
+    for _ in range(40):
+        alpha = 0.5 * (lo + hi)
+        w, sigma, tenth = widths(alpha)
+        lo, hi = (alpha, hi) if tenth < ratio * width else (lo, alpha)
+    return w, sigma
+
+
+WIDTHS = [0.4, 1.0, 2.5, 3.7, 7.25]
+_UNIT = _blurred_box_by_bisection(1.0)  # the family scales with the FWHM
+BLURRED = {width: (_UNIT[0] * width, _UNIT[1] * width) for width in WIDTHS}
+
+
+@pytest.mark.parametrize("profile", ["box", "gaussian", "blurred-box"])
+@pytest.mark.parametrize("width", WIDTHS)
 def test_thick_samples_match_brute_force_integration(profile, width):
     rng = np.random.default_rng(3)
     signal = rng.normal(size=30)
     centres = np.array([0.0, 0.3, 4.5, 11.11, 17.0, 28.6, 29.0])
-    exact = thick_sampling_matrix(len(signal), centres, width, profile) @ signal
+    exact = thick_sampling_matrix(len(signal), centres, width, profile, 1.7 if profile == "blurred-box" else None) @ signal
     brute = brute_force_thick_samples(signal, centres, width, profile)
-    tolerance = 2e-3 if profile == "box" else 1e-6  # the brute box has edge discretisation error of ~1/oversampling
+    tolerance = {"box": 2e-3, "gaussian": 1e-6, "blurred-box": 1e-4}[profile]  # edge discretisation; the bisection
     np.testing.assert_allclose(exact, brute, atol=tolerance)
 
 
-@pytest.mark.parametrize("profile", ["box", "gaussian"])
+@pytest.mark.parametrize("profile", ["box", "gaussian", "blurred-box"])
 def test_rows_sum_to_one_and_constants_are_kept(profile):
     acquisition = Acquisition(3.0, 2.0, profile)
     matrix = degradation_matrix(57, 0.74, acquisition, phase_mm=0.37)
@@ -145,3 +179,31 @@ def test_overlap_not_below_thickness_is_refused():
     with pytest.raises(InputError, match="overlap"):
         Acquisition.from_overlap(3.0, 3.0)
     assert Acquisition.from_overlap(3.0, 1.0).increment_mm == 2.0
+
+
+def test_a_blurred_box_has_its_fwtm_and_refuses_shapes_it_cannot_have():
+    from SR4ZCTLib.core.slice_profile import fwhm, fwtm, member_from_widths
+
+    default, measured = Acquisition(5.0, 2.5, "blurred-box"), Acquisition(5.0, 2.5, "blurred-box", fwtm_mm=8.0)
+    assert default.fwtm_ratio == pytest.approx(1.7) and measured.fwtm_ratio == pytest.approx(1.6)
+    w, sigma = member_from_widths(5.0, measured.fwtm_ratio)
+    assert fwhm(w, sigma) == pytest.approx(5.0, rel=1e-6) and fwtm(w, sigma) == pytest.approx(8.0, rel=1e-4)
+    assert "blurred-box profile (FWTM 8 mm)" in measured.describe()
+    for profile, fwtm_mm in (("box", 6.0), ("blurred-box", 4.0), ("blurred-box", 9.2), ("blurred-box", float("nan"))):
+        with pytest.raises(InputError, match="does not fit"):
+            Acquisition(5.0, 2.5, profile, fwtm_mm=fwtm_mm)
+
+
+def test_the_projection_and_the_end_slices_follow_a_blurred_box():
+    from SR4ZCTLib.core.forward import ConsistencyProjection, _mass_outside
+
+    box, blurred = (ConsistencyProjection(200, 40, 0.5, Acquisition(5.0, 2.5, p)) for p in ("box", "blurred-box"))
+    assert len(blurred.used) < len(box.used)  # its tails reach beyond the grid from further in
+    rng = np.random.default_rng(0)
+    truth = np.cumsum(rng.normal(size=(200, 3)), axis=0)
+    measured = np.zeros((40, 3))
+    measured[blurred.used] = blurred.sampling @ truth
+    projected = blurred(np.zeros_like(truth), measured)
+    np.testing.assert_allclose(blurred.sampling @ projected, measured[blurred.used], rtol=0, atol=0.05 * np.abs(truth).max())
+    outside = _mass_outside(np.array([0.0, 5.0, 100.0]), 201, 10.0, "blurred-box", 1.7)
+    assert outside[0] == pytest.approx(0.5, abs=1e-9) and 0.05 < outside[1] < 0.2 and outside[2] < 1e-12

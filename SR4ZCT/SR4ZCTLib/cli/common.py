@@ -15,7 +15,7 @@ EXIT_ERROR = 2
 EXIT_CANCELLED = 130
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as shell tools report it
 ACQUISITION = ("thickness_mm", "increment_mm", "profile")
-TRAINING = ("preset", "iterations", "device", "seed", "precision", "threads", "consistency", "consistency_lambda", "allow_non_hu",
+TRAINING = ("preset", "iterations", "device", "seed", "precision", "training_noise", "threads", "consistency", "consistency_lambda", "allow_non_hu",
             "force")
 PROGRESS_STYLES = ("bar", "json", "none")
 

@@ -201,7 +201,8 @@ def stage_all(publication, command: EnhanceCommand, volume, geometry, result) ->
     if command.options.save_model_path:
         result.model.stage(publication, Path(command.options.save_model_path))
     if command.report is not None:
-        stage_report(publication, command.report, volume, geometry, result.volume, result.metrics, result.confidence)
+        stage_report(publication, command.report, volume, result.geometry or geometry, result.volume, result.metrics,
+                     result.confidence)
     if command.dicom is not None:
         stage_dicom_series(publication, result.volume, geometry.axis, command.output, command.dicom.source,
                            command.dicom.input_name)

@@ -9,6 +9,7 @@ from pathlib import Path
 from .. import __version__
 from ..core.acquisition import Acquisition
 from ..errors import InputError
+from ..options import PROFILES
 from ..progress import Progress, Reporter
 from .common import Console, add_options, add_progress, add_volume_input, run_options
 from .enhance import read_geometry
@@ -35,7 +36,9 @@ def register_simulate(commands) -> None:
     add_options(simulate, ("thickness_mm", "increment_mm", "profile"),
                 thickness_mm={"required": True, "help": "slice thickness (FWHM) in mm"},
                 increment_mm={"required": True, "help": "slice increment in mm"},
-                profile={"default": "box", "help": "slice profile (default: box); recorded in the output's header"})
+                profile={"default": "box", "choices": PROFILES,
+                         "help": "slice profile: box, gaussian or blurred-box (FWTM 1.7 x FWHM); default box; recorded "
+                                 "in the output's header"})
     simulate.add_argument("--axis", choices=("i", "j", "k"),
                           help="axis to make thick (default: the DICOM stacking axis, else k)")
     simulate.add_argument("--overwrite", action="store_true")

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 from ..errors import InputError
 from ..options import PROFILES, RANGES
 
 
 CONTIGUOUS_MM = 1e-3  # a gap or overlap this small is rounding (DICOM positions to 4 decimals), not a gap
+GAUSSIAN_FWTM_RATIO = math.sqrt(math.log(10.0) / math.log(2.0))  # FWTM / FWHM of a Gaussian, 1.8226
+BLURRED_BOX_FWTM_RATIO = 1.7  # FWTM / FWHM of "blurred-box" when not measured: published helical CT, 1.55-1.8
 
 
 @dataclass(frozen=True)
@@ -17,12 +20,15 @@ class Acquisition:
     """How the thick slices were made along the through-plane axis.
 
     thickness_mm is the FWHM of the slice profile (r_z), increment_mm the distance between
-    slice centres (d). overlap_mm = thickness - increment; negative means a gap.
+    slice centres (d). overlap_mm = thickness - increment; negative means a gap. fwtm_mm, the full width
+    at tenth maximum, sets the shape of a "blurred-box" profile (default 1.7 x thickness); a box has
+    FWTM = FWHM, a Gaussian 1.82 x FWHM.
     """
 
     thickness_mm: float
     increment_mm: float
     profile: str = "box"
+    fwtm_mm: Optional[float] = None
 
     def __post_init__(self) -> None:
         for name, value in (("thickness", self.thickness_mm), ("increment", self.increment_mm)):
@@ -39,6 +45,21 @@ class Acquisition:
                                  f"DICOM header, the volume's slice spacing, or --{name}")
         if self.profile not in PROFILES:
             raise InputError(f"unknown slice profile {self.profile!r}; choose one of {', '.join(PROFILES)}")
+        if self.fwtm_mm is not None:
+            ratio = float(self.fwtm_mm) / float(self.thickness_mm)
+            if self.profile != "blurred-box" or not math.isfinite(ratio) or not 1.0 <= ratio <= GAUSSIAN_FWTM_RATIO:
+                raise InputError(f"a full width at tenth maximum of {self.fwtm_mm!r} mm does not fit a "
+                                 f"{self.profile} profile of FWHM {float(self.thickness_mm):g} mm; a blurred box "
+                                 f"has 1 to {GAUSSIAN_FWTM_RATIO:.4f} x its FWHM")
+
+    @property
+    def fwtm_ratio(self) -> float:
+        """FWTM / FWHM: 1 for a box, 1.8226 for a Gaussian, the given or default shape of a blurred box."""
+        if self.profile == "box":
+            return 1.0
+        if self.profile == "gaussian":
+            return GAUSSIAN_FWTM_RATIO
+        return BLURRED_BOX_FWTM_RATIO if self.fwtm_mm is None else float(self.fwtm_mm) / float(self.thickness_mm)
 
     @property
     def overlap_mm(self) -> float:
@@ -77,4 +98,5 @@ class Acquisition:
         return (
             f"thickness {self.thickness_mm:g} mm, increment {self.increment_mm:g} mm, "
             f"{kind} {size:g} mm, {self.profile} profile"
+            + (f" (FWTM {self.fwtm_ratio * float(self.thickness_mm):.3g} mm)" if self.profile == "blurred-box" else "")
         )

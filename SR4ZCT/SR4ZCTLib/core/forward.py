@@ -5,7 +5,9 @@ reflection beyond its ends. A thick slice centred at c measures
 
     b(c) = integral p(x - c) f(x) dx,
 
-p the slice profile (box of width r_z, or Gaussian of FWHM r_z), for centres c = phi + m*d.
+p the slice profile, for centres c = phi + m*d: a box of width r_z, a Gaussian of FWHM r_z, or a
+blurred box (a box of width w convolved with a Gaussian of sigma, w and sigma such that the FWHM is
+r_z and the FWTM the given one; closed forms in core/slice_profile.py: expected_ramp, member_from_widths).
 Linear interpolation U of b back onto the fine grid gives the degraded image W f = U S f.
 Since f = sum_k f_k hat(x/s - k), each weight S[m, k] = E_p[hat(X/s - k)] has a closed form
 (hat is the second difference of the ramp function), so S is exact, not a quadrature.
@@ -47,7 +49,7 @@ from typing import Optional
 
 from ..options import CONSISTENCY_LAMBDA
 from ..progress import Reporter
-from .acquisition import Acquisition
+from .acquisition import BLURRED_BOX_FWTM_RATIO, Acquisition
 
 _SQRT_2PI = math.sqrt(2.0 * math.pi)
 FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
@@ -61,6 +63,18 @@ def reflect_index(index: np.ndarray, length: int) -> np.ndarray:
     period = 2 * (length - 1)
     folded = np.mod(index, period)
     return np.where(folded > length - 1, period - folded, folded)
+
+
+def _psi1(z: np.ndarray) -> np.ndarray:
+    """E[(G + z)^+] for G ~ N(0, 1)."""
+    return z * ndtr(z) + np.exp(-0.5 * z * z) / _SQRT_2PI
+
+
+def _blurred_box(width: float, fwtm_ratio: float) -> tuple[float, float]:
+    """(w, sigma) of the blurred box of FWHM `width` and FWTM `fwtm_ratio` x width (same units)."""
+    from .slice_profile import member_from_widths  # the family's maths live with its estimator
+
+    return member_from_widths(width, fwtm_ratio)
 
 
 def _expected_ramp(centre: np.ndarray, knot: np.ndarray, width: float, profile: str) -> np.ndarray:
@@ -82,13 +96,17 @@ def _profile_radius(width: float, profile: str) -> float:
 
 
 def thick_sampling_matrix(
-    n_fine: int, centres: np.ndarray, width: float, profile: str = "box"
+    n_fine: int, centres: np.ndarray, width: float, profile: str = "box", fwtm_ratio: Optional[float] = None
 ) -> np.ndarray:
     """S with S[m, k] = weight of fine sample k in the thick slice centred at centres[m].
 
-    Positions and width are in fine-sample units (millimetres / fine spacing).
-    Rows sum to one; contributions from beyond the ends are mirrored back in.
+    Positions and width (the FWHM) are in fine-sample units (millimetres / fine spacing); fwtm_ratio
+    (FWTM / FWHM) shapes a blurred box. Rows sum to one; contributions from beyond the ends are mirrored back in.
     """
+    if profile == "blurred-box":
+        from .slice_profile import thick_sampling_matrix as family_sampling_matrix
+
+        return family_sampling_matrix(n_fine, centres, *_blurred_box(width, fwtm_ratio or BLURRED_BOX_FWTM_RATIO))
     centres = np.asarray(centres, dtype=np.float64)
     radius = _profile_radius(width, profile) + 1.0
     offsets = np.arange(-math.ceil(radius) - 1, math.ceil(radius) + 2)
@@ -141,7 +159,8 @@ def degradation_operators(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(S, U) for a fine axis of n_fine samples at spacing_mm: thick sampling, then linear interpolation back."""
     centres = slice_centres(n_fine, spacing_mm, acquisition.increment_mm, phase_mm)
-    sampling = thick_sampling_matrix(n_fine, centres, acquisition.thickness_mm / spacing_mm, acquisition.profile)
+    sampling = thick_sampling_matrix(n_fine, centres, acquisition.thickness_mm / spacing_mm, acquisition.profile,
+                                     acquisition.fwtm_ratio)
     increment_samples = acquisition.increment_mm / spacing_mm
     back = linear_interpolation_matrix((np.arange(n_fine) - centres[0]) / increment_samples, len(centres))
     return sampling, back
@@ -206,7 +225,7 @@ def simulate_thick_slices(
     data = torch.as_tensor(volume)
     centres = slice_centres(data.shape[axis], spacing_mm, acquisition.increment_mm, 0.0)
     sampling = torch.from_numpy(thick_sampling_matrix(
-        data.shape[axis], centres, acquisition.thickness_mm / spacing_mm, acquisition.profile
+        data.shape[axis], centres, acquisition.thickness_mm / spacing_mm, acquisition.profile, acquisition.fwtm_ratio
     ))
     across = 1 if axis == 0 else 0
     chunks = torch.split(data, SIMULATE_CHUNK, dim=across)
@@ -217,11 +236,16 @@ def simulate_thick_slices(
     return torch.cat(thick, dim=across)
 
 
-def _mass_outside(centres: np.ndarray, n_fine: int, width: float, profile: str) -> np.ndarray:
+def _mass_outside(centres: np.ndarray, n_fine: int, width: float, profile: str,
+                  fwtm_ratio: Optional[float] = None) -> np.ndarray:
     """Fraction of each slice's profile that lies beyond the grid [0, n_fine - 1] (fine-sample units)."""
     left, right = centres, (n_fine - 1) - centres
     if profile == "box":
         return np.clip(0.5 - left / width, 0.0, 1.0) + np.clip(0.5 - right / width, 0.0, 1.0)
+    if profile == "blurred-box":  # P(U + G < -distance) = (sigma / w) [psi1((w/2 - t)/sigma) - psi1((-w/2 - t)/sigma)]
+        w, sigma = _blurred_box(width, fwtm_ratio or BLURRED_BOX_FWTM_RATIO)
+        tail = (lambda t: (sigma / w) * (_psi1((0.5 * w - t) / sigma) - _psi1((-0.5 * w - t) / sigma)))  # noqa: E731
+        return tail(left) + tail(right)
     sigma = width * FWHM_TO_SIGMA
     return ndtr(-left / sigma) + ndtr(-right / sigma)
 
@@ -237,8 +261,9 @@ class ConsistencyProjection:
                  regularisation: float = CONSISTENCY_LAMBDA) -> None:
         centres = np.arange(n_slices) * acquisition.increment_mm / spacing_mm
         width = acquisition.thickness_mm / spacing_mm
-        self.used = np.flatnonzero(_mass_outside(centres, n_fine, width, acquisition.profile) <= END_MASS_TOLERANCE)
-        sampling = thick_sampling_matrix(n_fine, centres[self.used], width, acquisition.profile)
+        shape = (acquisition.profile, acquisition.fwtm_ratio)
+        self.used = np.flatnonzero(_mass_outside(centres, n_fine, width, *shape) <= END_MASS_TOLERANCE)
+        sampling = thick_sampling_matrix(n_fine, centres[self.used], width, *shape)
         self.sampling = sampling / np.maximum(sampling.sum(axis=1, keepdims=True), 1e-300)
         self._sparse = csr_matrix(self.sampling)  # a band of about thickness / spacing + 2 weights per row
         gram = self.sampling @ self.sampling.T

@@ -24,9 +24,10 @@ from torch import nn
 from .acquisition import Acquisition
 from .device import Compute, free_cuda_memory, is_out_of_memory, precise_dtype
 from ..errors import InputError
-from .forward import degradation_matrix
+from .forward import degradation_operators
 from .intensity import PSNR_WINDOW_HU, Normalisation
 from .networks import build_network
+from .training_noise import TrainingNoise, thick_noise
 from ..progress import Reporter
 
 
@@ -112,15 +113,23 @@ class PairSampler:
     """
 
     def __init__(self, views: list[torch.Tensor], spacing_mm: float, acquisition: Acquisition,
-                 phases: int, generator: torch.Generator) -> None:
+                 phases: int, generator: torch.Generator, noise: Optional[TrainingNoise] = None) -> None:
         self.views = views  # from training_views: degraded axis is image axis 0, at spacing_mm
         self.generator = generator
-        self.banks = []
+        self.noise = noise
+        self.banks, self.noise_banks = [], []
         rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
         for view in self.views:
             phase_mm = rng.uniform(0.0, acquisition.increment_mm, size=phases)
-            bank = np.stack([degradation_matrix(view.shape[1], spacing_mm, acquisition, p) for p in phase_mm])
+            operators = [degradation_operators(view.shape[1], spacing_mm, acquisition, p) for p in phase_mm]
+            bank = np.stack([back @ sampling for sampling, back in operators])
             self.banks.append(torch.from_numpy(bank).to(device=view.device, dtype=view.dtype))
+            if noise is not None:
+                self.noise_banks.append(_noise_bank(operators, noise, view))
+
+    def noise_std(self) -> list[float]:
+        """sigma_add per view (network units); empty without noise."""
+        return [bank[2] for bank in self.noise_banks]
 
     def _randint(self, high: int, count: int) -> torch.Tensor:
         return torch.randint(0, high, (count,), generator=self.generator)
@@ -141,6 +150,10 @@ class PairSampler:
         columns = view[slice_index[:, None, None], torch.arange(rows, device=view.device)[None, :, None],
                        col_ids[:, None, :]]  # (count, rows, pw)
         degraded = torch.bmm(matrix_rows, columns)
+        if self.noise is not None:  # the noise z carries at inference (core/training_noise.py)
+            samplings, backs, added = self.noise_banks[view_index]
+            white = self.noise.coloured((count, rows, pw), self.generator, view.device, view.dtype)
+            degraded = degraded + added * thick_noise(samplings[phase_index], backs[phase_index[:, None], row_ids], white)
         sharp = columns[torch.arange(count, device=view.device)[:, None], row_ids]  # (count, ph, pw)
         flips = self._randint(4, 1).item()
         if flips & 1:
@@ -148,6 +161,20 @@ class PairSampler:
         if flips & 2:
             degraded, sharp = degraded.flip(2), sharp.flip(2)
         return degraded[:, None], sharp[:, None]
+
+
+def _noise_bank(operators: list[tuple[np.ndarray, np.ndarray]], noise: TrainingNoise,
+                view: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(S with unit-norm rows, U) per phase, padded to one slice count, and sigma_add for this axis."""
+    count = max(sampling.shape[0] for sampling, _ in operators)
+    samplings = np.zeros((len(operators), count, operators[0][0].shape[1]))
+    backs = np.zeros((len(operators), operators[0][1].shape[0], count))
+    for index, (sampling, back) in enumerate(operators):
+        samplings[index, : len(sampling)] = sampling / np.linalg.norm(sampling, axis=1, keepdims=True)
+        backs[index, :, : back.shape[1]] = back
+    added = float(np.mean([noise.added_std(sampling) for sampling, _ in operators]))
+    return (torch.from_numpy(samplings).to(device=view.device, dtype=view.dtype),
+            torch.from_numpy(backs).to(device=view.device, dtype=view.dtype), added)
 
 
 def training_views(slices: torch.Tensor, in_plane_spacing_mm: tuple[float, float]) -> tuple[list[torch.Tensor], float]:
@@ -169,15 +196,25 @@ def training_views(slices: torch.Tensor, in_plane_spacing_mm: tuple[float, float
     return views, grid
 
 
+VALIDATION_NOISE_SEED = 20231008  # the validation pairs' noise is the same in every run
+
+
 def validation_pairs(views: list[torch.Tensor], spacing_mm: float, acquisition: Acquisition,
-                     max_size: int = 256) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Fixed (degraded, sharp) pairs from held-out slices (training_views): both axes, phases 0 and d/2, central crop."""
+                     max_size: int = 256, noise: Optional[TrainingNoise] = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Fixed (degraded, sharp) pairs from held-out slices (training_views): both axes, phases 0 and d/2, central crop;
+    with `noise`, the degraded images carry it as in training (a fixed seed)."""
     pairs = []
+    generator = torch.Generator().manual_seed(VALIDATION_NOISE_SEED)
     for view in views:
         length = view.shape[1]
         for phase in (0.0, 0.5 * acquisition.increment_mm):
-            matrix = torch.from_numpy(degradation_matrix(length, spacing_mm, acquisition, phase)).to(view)
-            degraded = torch.matmul(matrix, view)
+            sampling, back = degradation_operators(length, spacing_mm, acquisition, phase)
+            degraded = torch.matmul(torch.from_numpy(back @ sampling).to(view), view)
+            if noise is not None:
+                white = noise.coloured(tuple(view.shape), generator, view.device, view.dtype)
+                unit = torch.from_numpy(sampling / np.linalg.norm(sampling, axis=1, keepdims=True)).to(view)
+                degraded = degraded + noise.added_std(sampling) * torch.matmul(torch.from_numpy(back).to(view),
+                                                                               torch.matmul(unit, white))
             r0 = max(0, (view.shape[1] - max_size) // 2)
             c0 = max(0, (view.shape[2] - max_size) // 2)
             crop = (slice(None), slice(r0, r0 + max_size), slice(c0, c0 + max_size))
@@ -241,6 +278,7 @@ class TrainingJob:
     device: torch.device
     seed: int = 0
     compute: Compute = Compute()
+    noise: Optional[TrainingNoise] = None  # thick-slice noise added to the degraded inputs (core/training_noise.py)
 
 
 def train_network(
@@ -253,6 +291,7 @@ def train_network(
     seed: int = 0,
     reporter: Optional[Reporter] = None,
     compute: Compute = Compute(),
+    noise: Optional[TrainingNoise] = None,
 ) -> TrainingResult:
     """Train on axial images `slices` (n, rows, cols) in network units; keep the best validation checkpoint.
 
@@ -260,7 +299,7 @@ def train_network(
     autocast and memory format (deterministic for a seed, thread count and CPU type either way).
     """
     job = TrainingJob(torch.as_tensor(slices, dtype=torch.float32), in_plane_spacing_mm, acquisition, config,
-                      normalisation, device, seed, compute)
+                      normalisation, device, seed, compute, noise)
     return _train_with_retries(job, reporter or Reporter())
 
 
@@ -296,11 +335,12 @@ def _prepare_pairs(job: TrainingJob, generator: torch.Generator, reporter: Repor
     reporter.step("pairs", 0.0, "preparing training pairs")
     started = time.perf_counter()
     views, spacing = training_views(job.slices[training_ids], job.in_plane_spacing_mm)
-    sampler = PairSampler([view.to(job.device) for view in views], spacing, job.acquisition, job.config.phases, generator)
+    sampler = PairSampler([view.to(job.device) for view in views], spacing, job.acquisition, job.config.phases, generator,
+                          job.noise)
     del views
     shown = validation_ids[:: max(1, len(validation_ids) // 4)][:4]  # at most 4 images per axis and phase
     views, spacing = training_views(job.slices[shown], job.in_plane_spacing_mm)
-    held_out = validation_pairs([view.to(job.device) for view in views], spacing, job.acquisition)
+    held_out = validation_pairs([view.to(job.device) for view in views], spacing, job.acquisition, noise=job.noise)
     seconds = time.perf_counter() - started
     reporter.step("pairs", 1.0, f"pairs ready in {seconds:.1f} s", seconds=seconds)
     return _Pairs(sampler, held_out, validation_ids, len(training_ids), seconds)
@@ -371,4 +411,6 @@ def _train(job: TrainingJob, reporter: Reporter) -> TrainingResult:
         "device": str(job.device),
         "compute": compute.describe(),
     }
+    if job.noise is not None:
+        metrics["training_noise"] = job.noise.describe(float(np.mean(pairs.sampler.noise_std())), normalisation.scale)
     return TrainingResult(network=network, metrics=metrics)

@@ -175,7 +175,11 @@ def read_through_plane_geometry(
             f"slice thickness unknown (no DICOM SliceThickness); assuming it equals the increment, {increment:g} mm. "
             "Give --thickness for the best result"
         )
-    acquisition = Acquisition(thickness, increment, profile or (recorded.profile if recorded else "box"))
+    if profile == "auto":  # estimated from the voxels when the run starts (enhance.estimated_profile)
+        profile = None
+    from_header = recorded is not None and not profile and thickness_source == "simulate header"
+    acquisition = Acquisition(thickness, increment, profile or (recorded.profile if recorded else "box"),
+                              recorded.fwtm_mm if from_header else None)
     if abs(in_plane[0] - in_plane[1]) > 0.02 * min(in_plane):
         notes.append(
             f"in-plane spacing is anisotropic ({in_plane[0]:g} x {in_plane[1]:g} mm); training resamples the coarser "

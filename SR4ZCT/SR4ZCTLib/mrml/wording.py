@@ -26,6 +26,7 @@ PANEL_CONTROLS = {
     "--model": "'Model'",
     "--save-model": "'Save the trained model'",
     "--precision": "the precision option of logic.process()",
+    "--training-noise": "the training_noise option of logic.process()",
     "--dicom-template": "an input loaded from DICOM",
 }
 
@@ -74,7 +75,12 @@ CHOICE_LABELS = {
                "paper": ("Paper (hours, GPU)", "The published method: MS-D network, full images, 200 epochs. "
                                                "Hours even on a GPU; not for a CPU.")},
     "profile": {"box": ("Box", "The usual CT slice sensitivity model: every point within the slice counts equally."),
-                "gaussian": ("Gaussian", "A smooth slice profile with the same full width at half maximum.")},
+                "gaussian": ("Gaussian", "A smooth slice profile with the same full width at half maximum."),
+                "blurred-box": ("Blurred box", "A bell-shaped slice as helical scanners make it: the same full width "
+                                               "at half maximum, tails to 1.7 times it at a tenth of the maximum."),
+                "auto": ("Estimate from the scan", "Measure the slice profile from the scan's own statistics (a few "
+                                                   "seconds); the nominal box, with a warning, where the measurement "
+                                                   "cannot be trusted.")},
 }
 SOURCE_LABELS = {"dicom": "from DICOM", "geometry": "from slice positions", "assumed": "assumed", "user": "your value"}
 
