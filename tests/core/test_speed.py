@@ -84,14 +84,15 @@ def test_precision_choice_follows_the_cpu(monkeypatch):
         resolve_compute("bf16", cpu)
 
 
-def test_the_default_is_bf16_where_native_and_channels_last_on_a_cpu(monkeypatch):
-    """Issue 18: bench/speed.py measured bf16 autocast + channels_last at 2.36x on the demo, validation -0.00 dB."""
+def test_the_default_is_fp32_in_channels_last_on_a_cpu():
+    """Issue 18: bench/speed.py measured channels_last at 1.55x on 512 x 512 x 150 (+0.02 dB held-out); bf16 autocast
+    on top lost 0.13 dB there, so it stays an option (--precision auto|bf16)."""
     options, cpu = RunOptions(), torch.device("cpu")
     compute = resolve_compute(options.precision, cpu, options.channels_last)
-    assert compute.channels_last and compute.training_autocast == (torch.bfloat16 if cpu_has_native_bf16() else None)
-    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")  # no native bf16: fp32, as before
-    assert resolve_compute(options.precision, cpu, options.channels_last).training_autocast is None
+    assert compute.channels_last and compute.training_autocast is None
     assert not resolve_compute(options.precision, torch.device("cuda"), options.channels_last).channels_last
+    if cpu_has_native_bf16():
+        assert resolve_compute("auto", cpu, options.channels_last).training_autocast == torch.bfloat16
 
 
 def test_short_schedule_is_two_thirds_of_the_steps_small_patches_first():
@@ -105,7 +106,7 @@ def test_short_schedule_is_two_thirds_of_the_steps_small_patches_first():
 
 
 @pytest.mark.parametrize("options", [RunOptions(device="cpu", seed=3, threads=2),
-                                     RunOptions(precision="fp32", channels_last=False, device="cpu", seed=3, threads=2),
+                                     RunOptions(precision="auto", channels_last=False, device="cpu", seed=3, threads=2),
                                      RunOptions(schedule="short", channels_last=True, device="cpu", seed=3, threads=2)])
 def test_fast_settings_train_deterministically_for_a_seed_and_thread_count(options):
     volume = Volume(thick_stack().astype(np.int16), Volume.matrix_from((0, 0, 0), (0.7, 0.7, 2.0), np.eye(3)))
