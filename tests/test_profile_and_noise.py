@@ -43,13 +43,12 @@ def test_profile_auto_trains_with_what_it_estimated_and_records_it(gaussian_scan
     assert result.model.acquisition == used  # and a saved model carries it
 
 
-def test_profile_auto_on_flat_images_falls_back_to_the_nominal_box_with_a_warning():
-    flat = Volume(np.full((12, 48, 48), 40, dtype=np.int16), Volume.matrix_from((0, 0, 0), (0.8, 0.8, 2.5), np.eye(3)))
-    flat.array[:, 20:28, 20:28] = 300  # something to train on, too little to estimate from
-    geometry, _ = read_through_plane_geometry(flat, 5.0, None, "auto")
+def test_profile_auto_on_too_few_slices_falls_back_to_the_nominal_box_with_a_warning(gaussian_scan):
+    few = Volume(np.ascontiguousarray(gaussian_scan.array[:6]), gaussian_scan.ijk_to_world)  # the estimator needs 8
+    geometry, _ = read_through_plane_geometry(few, 5.0, None, "auto")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = enhance(flat, geometry, RunOptions(profile="auto", **QUICK))
+        result = enhance(few, geometry, RunOptions(profile="auto", **QUICK))
     assert any("not trusted" in str(w.message) and "nominal box of 5 mm" in str(w.message) for w in caught)
     assert result.geometry.acquisition.profile == "box" and result.geometry.acquisition.thickness_mm == 5.0
     assert result.metrics.extra["slice_profile"]["trusted"] is False

@@ -365,13 +365,15 @@ def test_choices_read_as_words_and_keep_their_values(SR4ZCT):
     labels = {"auto": "Automatic", "cpu": "CPU", "cuda": "NVIDIA GPU", "mps": "Apple GPU"}
     assert items(ui.deviceComboBox) == [labels[value] for value in DEVICE_CHOICES]
     assert items(ui.presetComboBox) == ["Fast (minutes on a CPU)", "Paper (hours, GPU)"]
-    assert items(ui.profileComboBox) == ["Box", "Gaussian"]
+    assert items(ui.profileComboBox) == ["Box", "Gaussian", "Blurred box", "Estimate from the scan"]
     for comboBox in (ui.deviceComboBox, ui.presetComboBox, ui.profileComboBox):
         assert all(comboBox.itemData(index, 3) for index in range(comboBox.count())), "every item has a tooltip"
     ui.deviceComboBox.currentIndex = DEVICE_CHOICES.index("cuda")  # the user picks "NVIDIA GPU"
     assert parameters.device == "cuda"
     parameters.preset = "paper"  # from Python: the data value
     assert ui.presetComboBox.currentText == "Paper (hours, GPU)"
+    ui.profileComboBox.currentIndex = 3  # the user picks "Estimate from the scan" (issue 16)
+    assert parameters.profile == "auto"
     host.exit()
     host.enter()  # connectGui fills the boxes again: the words stay
     assert ui.deviceComboBox.currentText == "NVIDIA GPU" and ui.presetComboBox.currentText == "Paper (hours, GPU)"
