@@ -150,7 +150,7 @@ class RunOptions:
     training_noise: str = option(
         "--training-noise", "choice", "off", choices=TRAINING_NOISE,
         help="auto: measure the slices' noise (uniform regions) and add it to the degraded training inputs as z "
-             "carries it (correlated between slices as measured); off: train on noise-free degradations (default off until "
+             "carries it (correlated between slices as overlapping profiles make it); off: train on noise-free degradations (default off until "
              "bench/ shows auto keeps the quality)")
     threads: Optional[int] = option(
         "--threads", "int", help="CPU threads, 1..256 (default: min(4, CPU count)); a seeded run gives the same output "
