@@ -17,7 +17,7 @@ from .core.intensity import Normalisation, check_intensities
 from .core.memory import check_memory, estimate_memory_bytes, fine_grid_size
 from .core.slice_profile import estimate_noise, estimate_slice_profile
 from .core.training import PRESETS, TrainingConfig, preset, train_network
-from .core.training_noise import TrainingNoise
+from .core.training_noise import TrainingNoise, slice_correlation
 from .core.volume import ThroughPlaneGeometry, Volume, enhanced_matrix
 from .errors import InputError
 from .metrics import RunMetrics
@@ -189,7 +189,7 @@ def _training_noise(stack: np.ndarray, spacing_mm: float, plan: _Plan, reporter:
         return None
     reporter.step("pairs", 0.0, "measuring the slices' noise")
     estimate = estimate_noise(stack, spacing_mm)
-    noise = TrainingNoise.from_estimate(estimate, plan.normalisation.scale)
+    noise = TrainingNoise.from_estimate(estimate, plan.normalisation.scale, slice_correlation(stack))
     if noise is None:
         warnings.warn(f"--training-noise auto found no noise to match ({'; '.join(estimate.notes) or 'std 0'}); "
                       "training without added noise", UserWarning, stacklevel=2)

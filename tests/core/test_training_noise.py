@@ -97,3 +97,44 @@ def test_the_sampler_adds_it_deterministically_and_validation_too(acquired):
 def test_no_noise_found_means_none():
     estimate = estimate_noise(np.zeros((8, 64, 64)), 1.0)
     assert TrainingNoise.from_estimate(estimate, 1.0) is None
+
+
+def test_slices_noised_one_by_one_train_with_noise_uncorrelated_between_samples():
+    """A simulation that adds noise to each slice on its own (rho_z = 0) is matched as far as it can be: the added
+    noise is then white per thick sample, so neighbouring degraded samples correlate only by what S leaves of the
+    image's own noise (r1), not by the overlapping profiles as well."""
+    from SR4ZCTLib.core.training_noise import slice_correlation
+
+    rng = np.random.default_rng(5)
+    anatomy = np.zeros((40, 96, 96))
+    per_slice = gaussian_filter(rng.normal(size=anatomy.shape), (0, 1.0, 1.0))
+    stack = anatomy + per_slice * (10.0 / per_slice.std())
+    rho = slice_correlation(stack)
+    assert abs(rho) < 0.05
+    sampling, _ = degradation_operators(96, 1.0, ACQUISITION)
+    lines = np.einsum("mk,nky->nmy", sampling, stack)  # what S leaves of the image's own noise
+    unit = sampling / np.linalg.norm(sampling, axis=1, keepdims=True)
+    white = torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)
+
+    def degraded(noise: TrainingNoise) -> np.ndarray:
+        profiled = noise.coloured(tuple(stack.shape), white[0], torch.device("cpu")).numpy()
+        own = noise.coloured((len(stack), len(sampling), 96), white[1], torch.device("cpu")).numpy()
+        share = noise.overlap_share(sampling)
+        added = noise.added_std(sampling) * (np.sqrt(share) * np.einsum("mk,nky->nmy", unit, profiled)
+                                             + np.sqrt(1 - share) * own)
+        return (lines + added)[:, 2:-2]
+
+    matched = TrainingNoise.from_estimate(estimate_noise(stack, 1.0), 1.0, rho)
+    overlapping = TrainingNoise.from_estimate(estimate_noise(stack, 1.0), 1.0, None)
+    assert matched.overlap_share(sampling) == 0.0 and overlapping.overlap_share(sampling) == 1.0
+    total, before = degraded(matched), degraded(overlapping)
+    assert total.std() == pytest.approx(10.0, rel=0.08)
+    assert _lag1(total, 1) == pytest.approx(matched.residual_fraction(sampling, 1), abs=0.05)
+    assert _lag1(total, 1) < _lag1(before, 1) - 0.15  # the profile-integrated model over-correlates it
+
+
+def test_slice_correlation_of_overlapping_slices(acquired):
+    from SR4ZCTLib.core.training_noise import slice_correlation
+
+    assert slice_correlation(acquired) == pytest.approx(_lag1(acquired[:, 8:-8, 8:-8], 0), abs=0.08)
+    assert slice_correlation(acquired[:3]) is None

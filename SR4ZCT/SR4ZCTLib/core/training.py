@@ -151,9 +151,12 @@ class PairSampler:
                        col_ids[:, None, :]]  # (count, rows, pw)
         degraded = torch.bmm(matrix_rows, columns)
         if self.noise is not None:  # the noise z carries at inference (core/training_noise.py)
-            samplings, backs, added = self.noise_banks[view_index]
+            samplings, backs, added, share = self.noise_banks[view_index]
             white = self.noise.coloured((count, rows, pw), self.generator, view.device, view.dtype)
-            degraded = degraded + added * thick_noise(samplings[phase_index], backs[phase_index[:, None], row_ids], white)
+            per_slice = (self.noise.coloured((count, samplings.shape[1], pw), self.generator, view.device, view.dtype)
+                         if share < 1.0 else None)
+            degraded = degraded + added * thick_noise(samplings[phase_index], backs[phase_index[:, None], row_ids], white,
+                                                      per_slice, share)
         sharp = columns[torch.arange(count, device=view.device)[:, None], row_ids]  # (count, ph, pw)
         flips = self._randint(4, 1).item()
         if flips & 1:
@@ -164,8 +167,8 @@ class PairSampler:
 
 
 def _noise_bank(operators: list[tuple[np.ndarray, np.ndarray]], noise: TrainingNoise,
-                view: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """(S with unit-norm rows, U) per phase, padded to one slice count, and sigma_add for this axis."""
+                view: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float, float]:
+    """(S with unit-norm rows, U) per phase, padded to one slice count, sigma_add and a^2 for this axis."""
     count = max(sampling.shape[0] for sampling, _ in operators)
     samplings = np.zeros((len(operators), count, operators[0][0].shape[1]))
     backs = np.zeros((len(operators), operators[0][1].shape[0], count))
@@ -173,8 +176,9 @@ def _noise_bank(operators: list[tuple[np.ndarray, np.ndarray]], noise: TrainingN
         samplings[index, : len(sampling)] = sampling / np.linalg.norm(sampling, axis=1, keepdims=True)
         backs[index, :, : back.shape[1]] = back
     added = float(np.mean([noise.added_std(sampling) for sampling, _ in operators]))
+    share = float(np.mean([noise.overlap_share(sampling) for sampling, _ in operators]))
     return (torch.from_numpy(samplings).to(device=view.device, dtype=view.dtype),
-            torch.from_numpy(backs).to(device=view.device, dtype=view.dtype), added)
+            torch.from_numpy(backs).to(device=view.device, dtype=view.dtype), added, share)
 
 
 def training_views(slices: torch.Tensor, in_plane_spacing_mm: tuple[float, float]) -> tuple[list[torch.Tensor], float]:
@@ -211,10 +215,13 @@ def validation_pairs(views: list[torch.Tensor], spacing_mm: float, acquisition: 
             sampling, back = degradation_operators(length, spacing_mm, acquisition, phase)
             degraded = torch.matmul(torch.from_numpy(back @ sampling).to(view), view)
             if noise is not None:
+                count = len(view)
                 white = noise.coloured(tuple(view.shape), generator, view.device, view.dtype)
+                per_slice = noise.coloured((count, len(sampling), view.shape[2]), generator, view.device, view.dtype)
                 unit = torch.from_numpy(sampling / np.linalg.norm(sampling, axis=1, keepdims=True)).to(view)
-                degraded = degraded + noise.added_std(sampling) * torch.matmul(torch.from_numpy(back).to(view),
-                                                                               torch.matmul(unit, white))
+                degraded = degraded + noise.added_std(sampling) * thick_noise(
+                    unit.expand(count, -1, -1), torch.from_numpy(back).to(view).expand(count, -1, -1), white, per_slice,
+                    noise.overlap_share(sampling))
             r0 = max(0, (view.shape[1] - max_size) // 2)
             c0 = max(0, (view.shape[2] - max_size) // 2)
             crop = (slice(None), slice(r0, r0 + max_size), slice(c0, c0 + max_size))
