@@ -97,6 +97,7 @@ VARIANTS = {  # SR4ZCT runs side by side: name -> options changed from the shipp
     "noise": {"training_noise": "auto"},
     "blurred": {"profile": "blurred-box"},
     "blurred+noise": {"profile": "blurred-box", "training_noise": "auto"},
+    "auto+noise": {"profile": "auto", "training_noise": "auto"},
 }
 
 
@@ -111,6 +112,22 @@ def sr4zct(thick: np.ndarray, spacing: float, acquisition: Acquisition, iteratio
     total_s = time.perf_counter() - started
     plain = enhance(volume, geometry, EnhanceOptions(device="cpu", consistency=False, force=True), model=shipped.model)
     return shipped, total_s, plain.volume.array.astype(np.float32)
+
+
+def oracle(volume: np.ndarray, spacing: float, acquisition: Acquisition, case: str, seed: int, thick: np.ndarray,
+           iterations=None):
+    """The oracle ceiling (bench/oracle.py): trained on a second simulation (another noise draw) against the truth,
+    run on `thick` as the shipped default runs, projected and not."""
+    from oracle import oracle_model
+
+    train_thick, first = simulate(volume, spacing, acquisition, case, seed + 7919)
+    model = oracle_model(train_thick, volume[first:], spacing, acquisition, iterations=iterations)
+    image = Volume(thick, Volume.matrix_from((0, 0, 0), (spacing, spacing, acquisition.increment_mm), np.eye(3)))
+    geometry, _ = read_through_plane_geometry(image, acquisition.thickness_mm, acquisition.increment_mm)
+    shipped = enhance(image, geometry, EnhanceOptions(device="cpu", force=True), model=model)
+    plain = enhance(image, geometry, EnhanceOptions(device="cpu", consistency=False, force=True), model=model)
+    return (shipped.volume.array.astype(np.float32), plain.volume.array.astype(np.float32),
+            model.metrics["training_seconds"])
 
 
 def psnr_only(estimate: np.ndarray, truth: Truth, acquisition: Acquisition) -> dict:
@@ -136,6 +153,7 @@ def main() -> None:
     parser.add_argument("--train", action="store_true", help="also run SR4ZCT (the fast preset, CPU)")
     parser.add_argument("--iterations", type=int, default=None)
     parser.add_argument("--variants", default="default", help=f"SR4ZCT variants with --train, from {', '.join(VARIANTS)}")
+    parser.add_argument("--oracle", action="store_true", help="also the supervised oracle ceiling (bench/oracle.py)")
     parser.add_argument("--no-ssim", action="store_true", help="PSNR only (SSIM shown as nan), for the long tables")
     parser.add_argument("--json", help="also write all figures here")
     args = parser.parse_args()
@@ -174,6 +192,12 @@ def main() -> None:
                                  train_s, infer_s))
                 extra[variant] = {"enhance_s": total_s, "validation": shipped.metrics.training.get("validation_psnr_db"),
                                   "training_noise": shipped.metrics.training.get("training_noise")}
+            if args.oracle:
+                projected, plain, train_s = oracle(volume, spacing, acquisition, case,
+                                                   int(thickness * 100 + increment * 10), thick, args.iterations)
+                rows.append(("oracle (supervised on the truth's pairs), as the shipped default",
+                             measure(projected, truth, acquisition), train_s, 0.0))
+                rows.append(("oracle, projection off", measure(plain, truth, acquisition), train_s, 0.0))
             title = (f"{label}, {case} slices, thickness {thickness:g} mm every {increment:g} mm "
                      f"({thick.shape[0]} slices); PSNR on [-1024, 3071] HU, soft tissue [-160, 240] HU")
             print(table(title, rows))
@@ -190,6 +214,15 @@ def main() -> None:
                           f"{ours['psnr'] - cubic[1]['psnr']:+.2f} dB over cubic, SSIM (cor/sag) "
                           f"{ours['ssim_cor'] - best[1]['ssim_cor']:+.4f}/{ours['ssim_sag'] - best[1]['ssim_sag']:+.4f}"
                           " over it", end="")
+                oracles = [r for r in rows if r[0].startswith("oracle")]
+                if oracles:
+                    ceiling = max(r[1]["psnr"] for r in oracles) - best[1]["psnr"]
+                    print(f"; the oracle {ceiling:+.2f} dB over it", end="")
+                    for variant in args.variants.split(",") if args.train else ():
+                        ours = next(r for r in rows if r[0].startswith("**SR4ZCT shipped" if variant == "default"
+                                                                       else f"SR4ZCT {variant} ("))[1]
+                        print(f"; SR4ZCT {variant} {(ours['psnr'] - best[1]['psnr']) / ceiling:.0%} of the oracle's gain"
+                              if ceiling > 0 else "", end="")
             print("\n", flush=True)
             results.append({"truth": label, "case": case, "thickness_mm": thickness, "increment_mm": increment,
                             **extra, "rows": [{"method": r[0], **r[1], "train_s": r[2], "infer_s": r[3]} for r in rows]})

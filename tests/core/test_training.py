@@ -82,3 +82,37 @@ def test_half_precision_autocast_keeps_the_output_layer_in_float32(architecture,
         result = network(image)
     assert result.dtype == torch.float32
     assert float((result - image).abs().max()) * 1000.0 < 1.0  # within 1 HU (network units are HU / 1000)
+
+
+def test_a_pair_source_replaces_the_self_supervised_pairs_under_the_same_schedule():
+    """The oracle's hook: the network learns the pairs it is given (here: halve), not the in-plane stand-in task."""
+    from SR4ZCTLib.core.training import TrainingPairs
+
+    rng = np.random.default_rng(2)
+    images = torch.from_numpy(rng.normal(0.0, 0.2, size=(12, 24, 24)).astype(np.float32))
+    held_out = [(images[:2, None], 0.5 * images[:2, None])]
+    calls = []
+
+    class Halve:
+        def __init__(self, generator):
+            self.generator = generator
+
+        def noise_std(self):
+            return []
+
+        def batch(self, count, patch):
+            chosen = images[torch.randint(0, len(images), (count,), generator=self.generator)]
+            return chosen[:, None], 0.5 * chosen[:, None]
+
+    def source(job, generator, reporter):
+        calls.append(job.config.iterations)
+        return TrainingPairs(Halve(generator), held_out, np.arange(2), len(images), 0.0)
+
+    config = preset("fast").with_iterations(150)
+    result = train_network(images, (1.0, 1.0), Acquisition(3.0, 1.5), config,
+                           Normalisation(offset=0.0, scale=1.0, kind="identity"), torch.device("cpu"), seed=1,
+                           pair_source=source)
+    assert calls == [150] and result.metrics["iterations"] == 150
+    with torch.no_grad():
+        error = float(torch.mean((result.network(images[2:4, None]) - 0.5 * images[2:4, None]) ** 2))
+    assert error < 0.5 * float(torch.mean((0.5 * images[2:4]) ** 2))  # the identity start's error

@@ -15,7 +15,7 @@ import math
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, replace
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -286,6 +286,7 @@ class TrainingJob:
     seed: int = 0
     compute: Compute = Compute()
     noise: Optional[TrainingNoise] = None  # thick-slice noise added to the degraded inputs (core/training_noise.py)
+    pair_source: Optional["PairSource"] = None  # other pairs than the self-supervised ones (bench/oracle.py's ceiling)
 
 
 def train_network(
@@ -299,14 +300,16 @@ def train_network(
     reporter: Optional[Reporter] = None,
     compute: Compute = Compute(),
     noise: Optional[TrainingNoise] = None,
+    pair_source: Optional["PairSource"] = None,
 ) -> TrainingResult:
     """Train on axial images `slices` (n, rows, cols) in network units; keep the best validation checkpoint.
 
     CUDA out of memory halves the batch (down to 1), then falls back to the CPU with a message. `compute`:
-    autocast and memory format (deterministic for a seed, thread count and CPU type either way).
+    autocast and memory format (deterministic for a seed, thread count and CPU type either way). `pair_source`
+    replaces the self-supervised pairs with others, under the same schedule (the supervised oracle of bench/).
     """
     job = TrainingJob(torch.as_tensor(slices, dtype=torch.float32), in_plane_spacing_mm, acquisition, config,
-                      normalisation, device, seed, compute, noise)
+                      normalisation, device, seed, compute, noise, pair_source)
     return _train_with_retries(job, reporter or Reporter())
 
 
@@ -326,8 +329,9 @@ def _train_with_retries(job: TrainingJob, reporter: Reporter) -> TrainingResult:
 
 
 @dataclass
-class _Pairs:
-    """The training pair sampler and the held-out validation pairs of a job."""
+class TrainingPairs:
+    """The training pair sampler (batch(count, patch) -> (degraded, sharp); noise_std()) and the held-out
+    validation pairs of a job."""
 
     sampler: PairSampler
     held_out: list
@@ -336,7 +340,10 @@ class _Pairs:
     seconds: float
 
 
-def _prepare_pairs(job: TrainingJob, generator: torch.Generator, reporter: Reporter) -> _Pairs:
+PairSource = Callable[[TrainingJob, torch.Generator, Reporter], TrainingPairs]
+
+
+def _prepare_pairs(job: TrainingJob, generator: torch.Generator, reporter: Reporter) -> TrainingPairs:
     """Training views of the training slab, validation pairs from a few images of the held-out slab."""
     training_ids, validation_ids = split_validation_slab(job.slices.shape[0])
     reporter.step("pairs", 0.0, "preparing training pairs")
@@ -350,13 +357,13 @@ def _prepare_pairs(job: TrainingJob, generator: torch.Generator, reporter: Repor
     held_out = validation_pairs([view.to(job.device) for view in views], spacing, job.acquisition, noise=job.noise)
     seconds = time.perf_counter() - started
     reporter.step("pairs", 1.0, f"pairs ready in {seconds:.1f} s", seconds=seconds)
-    return _Pairs(sampler, held_out, validation_ids, len(training_ids), seconds)
+    return TrainingPairs(sampler, held_out, validation_ids, len(training_ids), seconds)
 
 
 def _train(job: TrainingJob, reporter: Reporter) -> TrainingResult:
     """Seeded training with periodic validation; the network comes back at its best validation checkpoint."""
     torch.manual_seed(job.seed)
-    pairs = _prepare_pairs(job, torch.Generator().manual_seed(job.seed), reporter)
+    pairs = (job.pair_source or _prepare_pairs)(job, torch.Generator().manual_seed(job.seed), reporter)
     config, normalisation = job.config, job.normalisation
     compute = job.compute
     network = compute.network(build_network(config.architecture, config.network_options).to(job.device))
