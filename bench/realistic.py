@@ -153,6 +153,7 @@ def main() -> None:
     parser.add_argument("--train", action="store_true", help="also run SR4ZCT (the fast preset, CPU)")
     parser.add_argument("--iterations", type=int, default=None)
     parser.add_argument("--variants", default="default", help=f"SR4ZCT variants with --train, from {', '.join(VARIANTS)}")
+    parser.add_argument("--flips", action="store_true", help="also each variant's model with test-time flips (4x inference)")
     parser.add_argument("--oracle", action="store_true", help="also the supervised oracle ceiling (bench/oracle.py)")
     parser.add_argument("--no-ssim", action="store_true", help="PSNR only (SSIM shown as nan), for the long tables")
     parser.add_argument("--json", help="also write all figures here")
@@ -190,6 +191,16 @@ def main() -> None:
                     rows.append((f"SR4ZCT {variant} unprojected + projection (lambda {lam:g})",
                                  measure(consistency(plain, thick, acquisition, spacing, lam), truth, acquisition),
                                  train_s, infer_s))
+                if args.flips:
+                    image = Volume(thick, Volume.matrix_from((0, 0, 0), (spacing, spacing, increment), np.eye(3)))
+                    geometry = shipped.geometry
+                    for project in (True, False):
+                        started = time.perf_counter()
+                        flipped = enhance(image, geometry, EnhanceOptions(device="cpu", consistency=project, force=True,
+                                                                          flips=True), model=shipped.model)
+                        rows.append((f"SR4ZCT {variant} + test-time flips, projection {'on' if project else 'off'}",
+                                     measure(flipped.volume.array.astype(np.float32), truth, acquisition), train_s,
+                                     time.perf_counter() - started))
                 extra[variant] = {"enhance_s": total_s, "validation": shipped.metrics.training.get("validation_psnr_db"),
                                   "training_noise": shipped.metrics.training.get("training_noise")}
             if args.oracle:

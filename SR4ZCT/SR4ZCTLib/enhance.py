@@ -110,7 +110,8 @@ def _enhance(volume: Volume, geometry: ThroughPlaneGeometry, options: RunOptions
         input_shape=list(volume.array.shape), output_shape=list(output.array.shape), timings=timings,
         training=training_metrics, threads=torch.get_num_threads() if plan.device.type == "cpu" else None,
         extra={"compute": plan.compute.describe(), "schedule": options.schedule}
-        | ({"slice_profile": profile_note} if profile_note is not None else {}),
+        | ({"slice_profile": profile_note} if profile_note is not None else {})
+        | ({"test_time_flips": True} if options.flips else {}),
     )
     return EnhanceResult(volume=output, model=model, metrics=metrics, confidence=confidence, geometry=geometry)
 
@@ -205,7 +206,8 @@ def _infer(stack: np.ndarray, volume: Volume, geometry: ThroughPlaneGeometry, pl
     enhanced = enhance_stack(stack, geometry.acquisition, grid, model.network, plan.normalisation, plan.device,
                              views=tuple(options.views),
                              consistency_lambda=options.consistency_lambda if plan.consistency else None,
-                             batch_size=options.batch_size, reporter=reporter, on_pass=passes, compute=plan.compute)
+                             batch_size=options.batch_size, reporter=reporter, on_pass=passes, compute=plan.compute,
+                             flips=options.flips)
     if abs(target - grid) > 1e-9:
         enhanced = resample_along_axis0(enhanced, grid, target, fine_grid_size(stack.shape[0], increment, target))
     output_array = to_output_type(enhanced, volume.array.dtype)

@@ -179,6 +179,7 @@ class RunOptions:
     channels_last: bool = True  # CPU: the network in channels_last memory format (bench/speed.py: 1.55x, +0.02 dB)
     schedule: str = "standard"  # "standard", or "short": fewer steps, small patches first (core/training.py)
     confidence: bool = False  # also compute the coronal/sagittal disagreement map (core/confidence.py)
+    flips: bool = False  # test-time augmentation: the network's mean over each image's 4 flips (4x inference)
 
     @classmethod
     def from_values(cls, values: dict[str, Any]) -> "RunOptions":

@@ -31,25 +31,35 @@ def interpolation_to_grid(n_slices: int, increment_mm: float, spacing_mm: float)
     return torch.from_numpy(linear_interpolation_matrix(positions, n_slices)).float()
 
 
-def _run_network(network: nn.Module, images: torch.Tensor, device: torch.device, compute: Compute) -> torch.Tensor:
-    """The network on a batch of images: fp16 autocast on CUDA, else float32 (in `compute`'s memory format)."""
-    inputs = compute.images(images[:, None].to(device, non_blocking=True))
+FLIPS = ((), (2,), (3,), (2, 3))  # test-time augmentation: training drew these flips, so each is an equal guess
+
+
+def _run_network(network: nn.Module, images: torch.Tensor, device: torch.device, compute: Compute,
+                 flips: bool = False) -> torch.Tensor:
+    """The network on a batch of images: fp16 autocast on CUDA, else float32 (in `compute`'s memory format); with
+    `flips`, the mean of its outputs on the four flips of each image, flipped back."""
+    inputs = images[:, None].to(device, non_blocking=True)
+    total = None
     with torch.no_grad():
-        if device.type == "cuda":
-            with torch.autocast("cuda", dtype=torch.float16):
-                result = network(inputs)
-        else:
-            result = network(inputs)
-    return result[:, 0].float().cpu()
+        for dims in FLIPS if flips else ((),):
+            flipped = compute.images(inputs.flip(dims) if dims else inputs)
+            if device.type == "cuda":
+                with torch.autocast("cuda", dtype=torch.float16):
+                    result = network(flipped).float()
+            else:
+                result = network(flipped).float()
+            result = result.flip(dims) if dims else result
+            total = result if total is None else total + result
+    return (total[:, 0] / (len(FLIPS) if flips else 1)).cpu()
 
 
 class _BatchRunner:
     """Runs the network in batches; CUDA out of memory halves the batch, then moves to the CPU."""
 
     def __init__(self, network: nn.Module, device: torch.device, batch_size: int, reporter: Reporter,
-                 compute: Compute = Compute()) -> None:
+                 compute: Compute = Compute(), flips: bool = False) -> None:
         self.network, self.device, self.batch_size, self.reporter = network, device, batch_size, reporter
-        self.compute = compute
+        self.compute, self.flips = compute, flips
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         while True:
@@ -58,7 +68,7 @@ class _BatchRunner:
                 for start in range(0, images.shape[0], self.batch_size):
                     self.reporter.check()
                     results.append(_run_network(self.network, images[start:start + self.batch_size], self.device,
-                                                self.compute))
+                                                self.compute, self.flips))
                 return torch.cat(results)
             except RuntimeError as error:
                 if self.device.type != "cuda" or not is_out_of_memory(error):
@@ -87,6 +97,7 @@ def enhance_stack(
     reporter: Optional[Reporter] = None,
     on_pass: Optional[Callable[[str, tuple, torch.Tensor], None]] = None,
     compute: Compute = Compute(),
+    flips: bool = False,
 ) -> torch.Tensor:
     """Enhance a stack (n_slices, rows, cols) whose axis 0 is through-plane; returns (n_fine, rows, cols) in HU.
 
@@ -94,6 +105,7 @@ def enhance_stack(
     projection, else the projection's relative regularisation.
     on_pass(view, region, block) sees each view's network output before fusion (block = enhanced[region]).
     compute: the network's memory format (core/device.Compute; inference itself stays float32 on a CPU).
+    flips: test-time augmentation, the network's mean over the four flips of each image (4x the network's time).
     """
     reporter = reporter or Reporter()
     n_slices, rows, cols = thick.shape
@@ -107,7 +119,7 @@ def enhance_stack(
     else:
         enhanced = torch.zeros((n_fine, rows, cols), dtype=torch.float32)
         network = compute.network(network.to(device).eval())
-        run = _BatchRunner(network, device, batch_size or (16 if device.type == "cuda" else 4), reporter, compute)
+        run = _BatchRunner(network, device, batch_size or (16 if device.type == "cuda" else 4), reporter, compute, flips)
         weight = 1.0 / len(views)
         total = sum(rows if view == "coronal" else cols for view in views)
         done = 0
