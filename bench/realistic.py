@@ -98,6 +98,7 @@ VARIANTS = {  # SR4ZCT runs side by side: name -> options changed from the shipp
     "blurred": {"profile": "blurred-box"},
     "blurred+noise": {"profile": "blurred-box", "training_noise": "auto"},
     "auto+noise": {"profile": "auto", "training_noise": "auto"},
+    "blurred+noise+spread": {"profile": "blurred-box", "training_noise": "auto", "profile_spread": 0.1},
 }
 
 

@@ -149,6 +149,8 @@ def _check(volume: Volume, geometry: ThroughPlaneGeometry, options: RunOptions,
            model: Optional[TrainedModel]) -> _Plan:
     """Every check before any work: ranges, views, memory, intensities, the model's protocol, the device."""
     config = preset(options.preset).with_schedule(options.schedule).with_iterations(options.iterations)
+    if options.profile_spread:
+        config = replace(config, profile_spread=float(check_range("profile-spread", options.profile_spread)))
     acquisition = geometry.acquisition
     grid_spacing = min(geometry.in_plane_spacing_mm)
     target = check_target_spacing(options.target_spacing_mm, grid_spacing, acquisition.increment_mm)

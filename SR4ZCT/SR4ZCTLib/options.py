@@ -34,6 +34,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "seed": (0, 2**32 - 1),
     "threads": (1, 256),
     "consistency-lambda": (1e-4, 10.0),  # the projection's relative regularisation
+    "profile-spread": (0.0, 0.5),  # relative spread of the training slice widths
 }
 UNITS = {"thickness": " mm", "increment": " mm", "target-spacing": " mm"}
 CONSISTENCY_LAMBDA_RANGE = RANGES["consistency-lambda"]
@@ -179,6 +180,7 @@ class RunOptions:
     channels_last: bool = True  # CPU: the network in channels_last memory format (bench/speed.py: 1.55x, +0.02 dB)
     schedule: str = "standard"  # "standard", or "short": fewer steps, small patches first (core/training.py)
     confidence: bool = False  # also compute the coronal/sagittal disagreement map (core/confidence.py)
+    profile_spread: float = 0.0  # training: each phase's slice width times U(1 -/+ spread) (core/training.py)
     flips: bool = False  # test-time augmentation: the network's mean over each image's 4 flips (4x inference)
 
     @classmethod

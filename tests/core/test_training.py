@@ -116,3 +116,32 @@ def test_a_pair_source_replaces_the_self_supervised_pairs_under_the_same_schedul
     with torch.no_grad():
         error = float(torch.mean((result.network(images[2:4, None]) - 0.5 * images[2:4, None]) ** 2))
     assert error < 0.5 * float(torch.mean((0.5 * images[2:4]) ** 2))  # the identity start's error
+
+
+def test_a_profile_spread_draws_each_phase_at_its_own_slice_width():
+    """spread 0.2: the bank's slice widths spread about +-20 % around the nominal; without it they all agree."""
+    view = torch.zeros((2, 96, 8))
+    widths = {}
+    for spread in (0.0, 0.2):
+        sampler = PairSampler([view, view], 1.0, Acquisition(5.0, 2.5), phases=16,
+                              generator=torch.Generator().manual_seed(0), profile_spread=spread)
+        bank = sampler.banks[0][:, 20:76]  # (phase, row, column): W = U S, away from the mirrored ends
+        offsets = torch.arange(bank.shape[2], dtype=bank.dtype)[None, None, :] - torch.arange(20, 76)[None, :, None]
+        per_row = torch.sqrt((bank * offsets**2).sum(dim=2) / bank.sum(dim=2))
+        widths[spread] = per_row.mean(dim=1)  # a phase shifts the rows, the mean over a stretch of them stays
+    assert float(widths[0.0].std() / widths[0.0].mean()) < 0.02  # only the phase moves it
+    assert float(widths[0.2].std() / widths[0.2].mean()) > 0.05
+    assert float(widths[0.2].max() / widths[0.2].min()) < 1.6
+
+
+def test_the_profile_spread_reaches_training_and_is_range_checked():
+    from SR4ZCTLib.enhance import _check
+    from SR4ZCTLib.errors import InputError
+    from SR4ZCTLib.options import RunOptions
+    from SR4ZCTLib.core.volume import Volume, read_through_plane_geometry
+
+    volume = Volume(np.zeros((12, 16, 16), np.int16) - 1000, Volume.matrix_from((0, 0, 0), (1.0, 1.0, 2.5), np.eye(3)))
+    geometry, _ = read_through_plane_geometry(volume, 5.0, 2.5, None)
+    assert _check(volume, geometry, RunOptions(profile_spread=0.1, allow_non_hu=True), None).config.profile_spread == 0.1
+    with pytest.raises(InputError, match="profile-spread"):
+        _check(volume, geometry, RunOptions(profile_spread=0.9, allow_non_hu=True), None)

@@ -61,6 +61,11 @@ class Acquisition:
             return GAUSSIAN_FWTM_RATIO
         return BLURRED_BOX_FWTM_RATIO if self.fwtm_mm is None else float(self.fwtm_mm) / float(self.thickness_mm)
 
+    def scaled(self, factor: float) -> "Acquisition":
+        """The same profile shape and increment, its widths (FWHM, FWTM) times `factor`."""
+        return Acquisition(self.thickness_mm * factor, self.increment_mm, self.profile,
+                           None if self.fwtm_mm is None else self.fwtm_mm * factor)
+
     @property
     def overlap_mm(self) -> float:
         """Thickness minus increment: positive overlap, negative gap."""

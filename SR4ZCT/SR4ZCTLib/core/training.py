@@ -48,6 +48,7 @@ class TrainingConfig:
     cosine_decay: bool = True
     epochs: Optional[int] = None
     phases: int = 32
+    profile_spread: float = 0.0  # each phase's slice width (FWHM and FWTM) scaled by U(1 - spread, 1 + spread)
     validations: int = 10
     consistency: bool = True  # project the output onto the measured slices
     early_patch_size: Optional[int] = None  # a cheaper first stage: patches this small for the first iterations
@@ -108,12 +109,14 @@ class TrainingResult:
 class PairSampler:
     """Draws (degraded, sharp) training pairs from axial images on the fly, on the training device.
 
-    A bank of degradation matrices at random phases per in-plane axis; a patch needs only the
-    matrix rows it covers, so one batched matmul makes a batch of pairs.
+    A bank of degradation matrices at random phases per in-plane axis (with `profile_spread`, each at its own
+    slice width around the acquisition's); a patch needs only the matrix rows it covers, so one batched matmul
+    makes a batch of pairs.
     """
 
     def __init__(self, views: list[torch.Tensor], spacing_mm: float, acquisition: Acquisition,
-                 phases: int, generator: torch.Generator, noise: Optional[TrainingNoise] = None) -> None:
+                 phases: int, generator: torch.Generator, noise: Optional[TrainingNoise] = None,
+                 profile_spread: float = 0.0) -> None:
         self.views = views  # from training_views: degraded axis is image axis 0, at spacing_mm
         self.generator = generator
         self.noise = noise
@@ -121,7 +124,10 @@ class PairSampler:
         rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
         for view in self.views:
             phase_mm = rng.uniform(0.0, acquisition.increment_mm, size=phases)
-            operators = [degradation_operators(view.shape[1], spacing_mm, acquisition, p) for p in phase_mm]
+            scales = rng.uniform(1.0 - profile_spread, 1.0 + profile_spread, size=phases) if profile_spread else None
+            operators = [degradation_operators(view.shape[1], spacing_mm,
+                                               acquisition if scales is None else acquisition.scaled(scales[i]), p)
+                         for i, p in enumerate(phase_mm)]
             bank = np.stack([back @ sampling for sampling, back in operators])
             self.banks.append(torch.from_numpy(bank).to(device=view.device, dtype=view.dtype))
             if noise is not None:
@@ -350,7 +356,7 @@ def _prepare_pairs(job: TrainingJob, generator: torch.Generator, reporter: Repor
     started = time.perf_counter()
     views, spacing = training_views(job.slices[training_ids], job.in_plane_spacing_mm)
     sampler = PairSampler([view.to(job.device) for view in views], spacing, job.acquisition, job.config.phases, generator,
-                          job.noise)
+                          job.noise, job.config.profile_spread)
     del views
     shown = validation_ids[:: max(1, len(validation_ids) // 4)][:4]  # at most 4 images per axis and phase
     views, spacing = training_views(job.slices[shown], job.in_plane_spacing_mm)
