@@ -11,7 +11,7 @@ sigma (0.05 mm steps) brings the ratios at 0.3-0.45 cycles/mm, where resolution 
 worst |log ratio|): its z resolution matched to its in-plane resolution, as far as one Gaussian can. Below 0.3 cycles/mm the ratio is the
 anatomy's shape (a head is not a cube), which no blur changes; the table shows it as it is.
 
-    python bench/isotropy.py                       # phantom, vhm, vhm-zblur
+    python bench/isotropy.py                       # phantom, balls, vhm, vhm-zblur
 """
 
 from __future__ import annotations
@@ -21,9 +21,10 @@ import argparse
 import numpy as np
 
 from common import VHM
-from SR4ZCTLib.core.phantom import make_phantom
+from SR4ZCTLib.core.phantom import make_ball_phantom, make_phantom
 from SR4ZCTLib.io.volumes import read_volume
 
+BALLS = lambda: make_ball_phantom((240, 192, 192), 0.8, 1000, seed=3)  # noqa: E731  as bench/realistic.py's
 FREQUENCIES = (0.1, 0.2, 0.3, 0.4, 0.45)  # cycles/mm
 ISOTROPIC = (0.8, 1.25)
 
@@ -73,13 +74,15 @@ def isotropic_z_blur(ratios: dict[float, float]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--truths", default="phantom,vhm,vhm-zblur")
+    parser.add_argument("--truths", default="phantom,balls,vhm,vhm-zblur")
     args = parser.parse_args()
     rows = []
     vhm = None
     for name in args.truths.split(","):
         if name == "phantom":
             volume, spacing, label = make_phantom((200, 192, 192), 0.5, seed=11, noise_hu=8.0), 0.5, "phantom 0.5 mm"
+        elif name == "balls":
+            volume, spacing, label = BALLS(), 0.8, "ball phantom 0.8 mm (statistically isotropic)"
         else:
             vhm = benchmark_region(read_volume(VHM).array.astype(np.float32)) if vhm is None else vhm
             volume, spacing, label = vhm, 1.0, "VHM head 1 mm (245 x 256 x 256)"

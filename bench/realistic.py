@@ -30,7 +30,7 @@ from common import (EXTRA_SETTINGS, PAPER_SETTINGS, SOFT_TISSUE_WINDOW_HU, VHM, 
 from SR4ZCTLib.core.intensity import psnr
 from SR4ZCTLib.enhance import EnhanceOptions, enhance
 from SR4ZCTLib.core.forward import CONSISTENCY_LAMBDA, FWHM_TO_SIGMA, thick_sampling_matrix
-from SR4ZCTLib.core.phantom import make_phantom
+from SR4ZCTLib.core.phantom import make_ball_phantom, make_phantom
 from SR4ZCTLib.core.volume import Volume, read_through_plane_geometry
 from SR4ZCTLib.io.volumes import read_volume
 
@@ -40,9 +40,12 @@ MARGIN_MM = 16.0
 
 
 def finest_truth(name: str) -> tuple[np.ndarray, float, str]:
-    """(volume (z, y, x) HU, spacing mm, label): the phantom at 0.5 mm (tuning) or the VHM head at 1 mm (report)."""
+    """(volume (z, y, x) HU, spacing mm, label): the phantom at 0.5 mm (tuning), the ball phantom at 0.8 mm (report,
+    statistically isotropic: bench/isotropy.py) or the VHM head at 1 mm (report, sharper along z than in-plane)."""
     if name == "phantom":
         return make_phantom((200, 192, 192), 0.5, seed=11, noise_hu=8.0), 0.5, "phantom 0.5 mm (seed 11)"
+    if name == "balls":
+        return make_ball_phantom((240, 192, 192), 0.8, 1000, seed=3), 0.8, "ball phantom 0.8 mm (seed 3, isotropic)"
     full = read_volume(VHM).array.astype(np.float32)
     y0, x0 = (full.shape[1] - 256) // 2, (full.shape[2] - 256) // 2
     return full[:, y0:y0 + 256, x0:x0 + 256], 1.0, "VHM head 1 mm, all 245 slices, central 256 x 256"
@@ -146,7 +149,7 @@ def parse_settings(text: str):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--truth", default="vhm", choices=("vhm", "phantom"))
+    parser.add_argument("--truth", default="vhm", choices=("vhm", "balls", "phantom"))
     parser.add_argument("--settings", default="5/2.5", help="thickness/increment list or 'all'")
     parser.add_argument("--cases", default="box,realistic,gaussian")
     parser.add_argument("--methods", default="linear,cubic,lanczos")
