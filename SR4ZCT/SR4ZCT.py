@@ -25,7 +25,7 @@ from slicer.parameterNodeWrapper import (
 
 from slicer import vtkMRMLMarkupsROINode, vtkMRMLScalarVolumeNode
 
-from SR4ZCTLib.options import DEVICE_CHOICES, PRESET_NAMES, PROFILE_CHOICES, RANGES, panel_range  # standard library only
+from SR4ZCTLib.options import DEFAULT_PROFILE, DEVICE_CHOICES, PRESET_NAMES, PROFILE_CHOICES, RANGES, panel_range  # standard library only
 from SR4ZCTLib.mrml.wording import choice_label, panel_text, source_label  # standard library only
 
 
@@ -134,7 +134,7 @@ class SR4ZCTParameterNode:
     inputVolume: vtkMRMLScalarVolumeNode
     thicknessMm: Annotated[float, WithinRange(*panel_range("thickness_mm"))] = 1.0
     incrementMm: Annotated[float, WithinRange(*panel_range("increment_mm"))] = 1.0
-    profile: Annotated[str, Choice(list(PROFILE_CHOICES))] = "box"
+    profile: Annotated[str, Choice(list(PROFILE_CHOICES))] = DEFAULT_PROFILE
     preset: Annotated[str, Choice(list(PRESET_NAMES))] = "fast"
     device: Annotated[str, Choice(list(DEVICE_CHOICES))] = "auto"
     targetSpacingMm: Annotated[float, WithinRange(*panel_range("target_spacing_mm"))] = 0.0

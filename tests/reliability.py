@@ -22,6 +22,7 @@ import SR4ZCTLib
 import SR4ZCTLib.cli.common
 from SR4ZCTLib import cli
 from SR4ZCTLib.core.acquisition import Acquisition
+from SR4ZCTLib.options import DEFAULT_PROFILE
 from SR4ZCTLib.enhance import TrainedModel
 from SR4ZCTLib.errors import InputError
 from SR4ZCTLib.core.intensity import Normalisation
@@ -111,7 +112,7 @@ def dicom(tmp_path, small_ct) -> Path:
 def small_model(path: Path, **changes) -> Path:
     """A real saved model (untrained CNN), then the bundle edited as a hostile or damaged file would be."""
     model = TrainedModel(build_network("cnn", {"depth": 3, "width": 4}), "cnn", {"depth": 3, "width": 4},
-                         Acquisition(2.5, 2.5), 0.7, Normalisation(), {"validation_psnr_db": 41.0,
+                         Acquisition(2.5, 2.5, DEFAULT_PROFILE), 0.7, Normalisation(), {"validation_psnr_db": 41.0,
                                                                        "validation_linear_psnr_db": 40.0})
     model.save(path)
     if changes:

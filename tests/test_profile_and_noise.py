@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from SR4ZCTLib.cli import main
+from SR4ZCTLib.options import DEFAULT_PROFILE
 from SR4ZCTLib.core.phantom import make_ball_phantom
 from SR4ZCTLib.core.slice_profile import GAUSSIAN_FWTM_RATIO, member_from_widths, simulate_stack
 from SR4ZCTLib.core.volume import Volume, read_through_plane_geometry
@@ -31,7 +32,7 @@ def gaussian_scan() -> Volume:
 
 def test_profile_auto_trains_with_what_it_estimated_and_records_it(gaussian_scan):
     geometry, _ = read_through_plane_geometry(gaussian_scan, 5.0, None, "auto")
-    assert geometry.acquisition.profile == "box"  # resolved when the run starts, from the voxels
+    assert geometry.acquisition.profile == DEFAULT_PROFILE  # resolved when the run starts, from the voxels
     result = enhance(gaussian_scan, geometry, RunOptions(profile="auto", **QUICK))
     used = result.geometry.acquisition
     note = result.metrics.extra["slice_profile"]
@@ -60,7 +61,7 @@ def test_training_noise_auto_measures_the_noise_and_records_it(gaussian_scan):
     noise = result.metrics.training["training_noise"]
     assert noise["std_hu"] == pytest.approx(10.0, rel=0.15)
     assert 0 < noise["added_std_hu"] < noise["std_hu"]  # part of it the degradation left of the images' own noise
-    off = enhance(gaussian_scan, geometry, RunOptions(**QUICK))
+    off = enhance(gaussian_scan, geometry, RunOptions(training_noise="off", **QUICK))
     assert "training_noise" not in off.metrics.training
 
 
@@ -77,3 +78,20 @@ def test_the_cli_runs_auto_and_blurred_box_and_writes_them_to_metrics(tmp_path, 
     code = main(["simulate", str(source), "-o", str(tmp_path / "bad.nrrd"), "--thickness", "5", "--increment", "5",
                  "--profile", "auto"])
     assert code == 2 and "invalid choice: 'auto'" in capsys.readouterr().err  # a simulation needs a real profile
+
+
+def test_the_default_on_a_noise_free_scan_trains_without_noise_and_says_so_without_a_warning():
+    """Training noise is on by default: a simulation without noise is no fault, so no warning, and metrics.json says
+    that nothing was added."""
+    truth = make_ball_phantom((120, 64, 64), 0.8, 150, seed=2)
+    w, sigma = member_from_widths(5.0, 1.7)
+    stack = simulate_stack(truth, 0.8, 2.5, w, sigma, noise_hu=0.0)
+    scan = Volume(stack.astype(np.float32), Volume.matrix_from((0, 0, 0), (0.8, 0.8, 2.5), np.eye(3)))
+    geometry, _ = read_through_plane_geometry(scan, 5.0, None, None)
+    assert geometry.acquisition.profile == DEFAULT_PROFILE == "blurred-box"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = enhance(scan, geometry, RunOptions(**QUICK))
+    assert not [w for w in caught if "noise" in str(w.message)]
+    assert result.metrics.training["training_noise"]["added_std_hu"] == 0.0
+    assert "no noise" in result.metrics.training["training_noise"]["note"]

@@ -180,8 +180,11 @@ def _train(stack: np.ndarray, volume: Volume, geometry: ThroughPlaneGeometry, pl
     for index in range(stack.shape[0]):
         slices[index] = torch.from_numpy(plan.normalisation.forward(np.asarray(stack[index], dtype=np.float32)))
     spacing = _in_plane_spacing_for_stack(volume, geometry.axis)
+    noise = _training_noise(stack, min(spacing), plan, reporter)
     result = train_network(slices, spacing, geometry.acquisition, plan.config, plan.normalisation, plan.device, seed,
-                           reporter, plan.compute, _training_noise(stack, min(spacing), plan, reporter))
+                           reporter, plan.compute, noise)
+    if plan.training_noise == "auto" and noise is None:
+        result.metrics["training_noise"] = {"std_hu": 0.0, "added_std_hu": 0.0, "note": "no noise found to match"}
     return TrainedModel(result.network, plan.config.architecture, dict(plan.config.network_options),
                         geometry.acquisition, plan.grid_spacing_mm, plan.normalisation, result.metrics)
 
@@ -193,9 +196,9 @@ def _training_noise(stack: np.ndarray, spacing_mm: float, plan: _Plan, reporter:
     reporter.step("pairs", 0.0, "measuring the slices' noise")
     estimate = estimate_noise(stack, spacing_mm)
     noise = TrainingNoise.from_estimate(estimate, plan.normalisation.scale, slice_correlation(stack))
-    if noise is None:
-        warnings.warn(f"--training-noise auto found no noise to match ({'; '.join(estimate.notes) or 'std 0'}); "
-                      "training without added noise", UserWarning, stacklevel=2)
+    if noise is None:  # a noise-free input (a simulation) or no uniform region: nothing to match, not a fault
+        reporter.step("pairs", 0.0, f"no noise found to match ({'; '.join(estimate.notes) or 'std 0'}); "
+                                    "training without added noise")
     return noise
 
 

@@ -18,6 +18,7 @@ from typing import Any, Optional, Sequence
 from .errors import InputError
 
 PROFILES = ("box", "gaussian", "blurred-box")  # slice profile models (core/forward.py states their maths)
+DEFAULT_PROFILE = "blurred-box"  # where neither the user nor a header gives one: tuned on the phantom (docs/benchmarks.md)
 PROFILE_CHOICES = PROFILES + ("auto",)  # auto: estimated from the scan (core/slice_profile.py), else the nominal box
 PRESET_NAMES = ("fast", "paper")  # training schedules (core/training.py)
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")  # mps: Apple silicon's Metal (core/device.py)
@@ -134,10 +135,10 @@ class RunOptions:
         "--increment", "mm", help="slice increment in mm, 0.1..50 (default: from slice positions)",
         slicer="incrementMm", column="increment")
     profile: Optional[str] = option("--profile", "choice", choices=PROFILE_CHOICES, slicer="profile",
-                                    help="slice profile: box, gaussian, blurred-box (FWTM 1.7 x FWHM), or auto "
-                                         "(estimated from the scan's own statistics, the nominal box where the "
-                                         "estimate is not trusted); default: the one a `simulate` header records, "
-                                         "else box")
+                                    help="slice profile: blurred-box (bell-shaped as helical scanners make it: FWHM = thickness, "
+                                         "FWTM 1.7 x it), box, gaussian, or auto (estimated from the scan's own "
+                                         "statistics, the nominal box where the estimate is not trusted); default: "
+                                         "the one a `simulate` header records, else blurred-box")
     preset: str = option("--preset", "choice", "fast", choices=PRESET_NAMES, slicer="preset")
     iterations: Optional[int] = option("--iterations", "int", help="training iterations, 1..10000000 (overrides the "
                                        "preset)", slicer="iterations")
@@ -149,10 +150,10 @@ class RunOptions:
              "(bf16 where native, else fp32); inference stays fp32. bf16 trains about 2x faster; bench/speed.py: "
              "held-out PSNR -0.00 dB on the demo but -0.13 dB on a 512 x 512 x 150 case, so not the default")
     training_noise: str = option(
-        "--training-noise", "choice", "off", choices=TRAINING_NOISE,
-        help="auto: measure the slices' noise (uniform regions) and add it to the degraded training inputs as z "
-             "carries it (correlated between slices as overlapping profiles make it); off: train on noise-free degradations (default off until "
-             "bench/ shows auto keeps the quality)")
+        "--training-noise", "choice", "auto", choices=TRAINING_NOISE,
+        help="auto (default): measure the slices' noise (level and in-plane correlation in uniform regions, "
+             "correlation between neighbouring slices) and add it to the degraded training inputs as z carries it, "
+             "so the network does not learn to sharpen noise; off: train on noise-free degradations")
     threads: Optional[int] = option(
         "--threads", "int", help="CPU threads, 1..256 (default: min(4, CPU count)); a seeded run gives the same output "
                                  "at the same thread count", slicer="threads")

@@ -144,7 +144,9 @@ def test_allow_non_hu_enhances_a_non_ct_volume(tmp_path, small_ct, capsys):
     code, _, err = run_cli(["enhance", source, "-o", tmp_path / "o.nrrd", "--iterations", "2", "--device", "cpu",
                             "--thickness", "2.5", "--allow-non-hu", "--progress", "none"], capsys)
     assert code == 0, err
-    assert read_volume(tmp_path / "o.nrrd").array.min() >= -50  # mapped back to the input's own scale
+    # mapped back to the input's own scale (0..1400): an HU mapping would put its background near -1024; the
+    # projection's overshoot on this white noise stays within a few tens
+    assert read_volume(tmp_path / "o.nrrd").array.min() >= -300
 
 
 # ---- output paths ---------------------------------------------------------------------------------------------
@@ -405,7 +407,7 @@ def test_cuda_out_of_memory_in_inference_halves_the_batch_then_uses_the_cpu(monk
 
     calls = []
 
-    def fake_run(network, images, device, compute):
+    def fake_run(network, images, device, compute, flips=False):
         calls.append((device.type, images.shape[0]))
         if device.type == "cuda":
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")

@@ -69,7 +69,7 @@ def test_panel_opens_with_every_field_connected(SR4ZCT):
     assert ui.inputSelector.currentNode().GetName() == "CT"
     assert ui.applyButton.enabled and ui.applyButton.text == "Apply"
     assert ui.targetSpacingSpinBox.text == "in-plane" and ui.iterationsSpinBox.text == "preset"
-    assert ui.profileComboBox.currentText == "Box" and ui.deviceComboBox.currentText == "Automatic"
+    assert ui.profileComboBox.currentText == "Blurred box" and ui.deviceComboBox.currentText == "Automatic"
     assert "PyTorch" in ui.deviceStatusLabel.text
     assert [entry for entry in ui.outputSelector.items() if entry.lower().startswith("create new")] == [
         "Create new volume on Apply"]
@@ -107,8 +107,8 @@ def test_exit_enter_and_scene_close_keep_the_pick(SR4ZCT):
     host.enter()
     parameters = host.widget._parameterNode
     assert ui.inputSelector.currentNode() is thin and parameters.inputVolume is thin
-    assert (parameters.profile, parameters.preset, parameters.device) == ("box", "fast", "cpu")
-    assert (ui.profileComboBox.currentText, ui.deviceComboBox.currentText) == ("Box", "CPU")
+    assert (parameters.profile, parameters.preset, parameters.device) == ("blurred-box", "fast", "cpu")
+    assert (ui.profileComboBox.currentText, ui.deviceComboBox.currentText) == ("Blurred box", "CPU")
     assert parameters.thicknessMm == 2.0 and ui.thicknessSpinBox.value == 2.0
     ui.inputSelector.setCurrentNode(thick)
     assert parameters.inputVolume is thick and parameters.thicknessMm == 5.0
@@ -490,7 +490,7 @@ def test_a_saved_model_is_listed_for_its_protocol_only_and_applied_without_train
     library = host.widget.logic.modelLibrary()
     (saved,) = library.models()
     assert (saved.thickness_mm, saved.increment_mm, saved.pixel_mm, saved.profile, saved.preset) == (
-        2.5, 2.5, pytest.approx(0.7), "box", "fast")
+        2.5, 2.5, pytest.approx(0.7), "blurred-box", "fast")
     assert str(library.folder).startswith(os.path.dirname(slicer.app.slicerUserSettingsFilePath))
     record = json.loads(host.widget._job.result_node.GetAttribute("SR4ZCT.provenance"))
     assert record["saved_model"] == saved.model_file and record["model"] is None

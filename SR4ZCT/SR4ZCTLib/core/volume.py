@@ -15,6 +15,7 @@ import numpy as np
 
 from .acquisition import Acquisition
 from ..errors import InputError
+from ..options import DEFAULT_PROFILE
 
 AXIS_NAMES = ("i", "j", "k")
 ORTHOGONALITY_TOLERANCE = 1e-3  # cosine between axes above which a grid counts as sheared
@@ -140,7 +141,7 @@ def read_through_plane_geometry(
     """Through-plane axis, increment and thickness from the volume and the user's overrides, plus warnings.
 
     A file `sr4zct simulate` wrote records its thickness, increment and profile: they count as given
-    ("simulate header"); the user's numbers still win. Profile None: the recorded one, else box.
+    ("simulate header"); the user's numbers still win. Profile None: the recorded one, else DEFAULT_PROFILE.
     """
     check_volume_shape(volume.array)
     check_orthogonal(volume)
@@ -178,7 +179,7 @@ def read_through_plane_geometry(
     if profile == "auto":  # estimated from the voxels when the run starts (enhance.estimated_profile)
         profile = None
     from_header = recorded is not None and not profile and thickness_source == "simulate header"
-    acquisition = Acquisition(thickness, increment, profile or (recorded.profile if recorded else "box"),
+    acquisition = Acquisition(thickness, increment, profile or (recorded.profile if recorded else DEFAULT_PROFILE),
                               recorded.fwtm_mm if from_header else None)
     if abs(in_plane[0] - in_plane[1]) > 0.02 * min(in_plane):
         notes.append(

@@ -101,7 +101,7 @@ class NodeAcquisition:
 
 
 def node_geometry(node, thickness_mm: Optional[float] = None, increment_mm: Optional[float] = None,
-                  profile: str = "box", lookup: Optional[DicomValueLookup] = None):
+                  profile: Optional[str] = None, lookup: Optional[DicomValueLookup] = None):
     """(geometry, warnings) for a node: what the module panel shows."""
     return read_through_plane_geometry(volume_from_node(node, lookup), thickness_mm, increment_mm, profile)
 

@@ -74,10 +74,12 @@ CHOICE_LABELS = {
                                                     "minutes on a CPU, seconds on a GPU."),
                "paper": ("Paper (hours, GPU)", "The published method: MS-D network, full images, 200 epochs. "
                                                "Hours even on a GPU; not for a CPU.")},
-    "profile": {"box": ("Box", "The usual CT slice sensitivity model: every point within the slice counts equally."),
+    "profile": {"box": ("Box", "The textbook slice model: every point within the slice counts equally, nothing "
+                               "outside it. Real helical scans have tails; use it for scans known to be box-shaped."),
                 "gaussian": ("Gaussian", "A smooth slice profile with the same full width at half maximum."),
-                "blurred-box": ("Blurred box", "A bell-shaped slice as helical scanners make it: the same full width "
-                                               "at half maximum, tails to 1.7 times it at a tenth of the maximum."),
+                "blurred-box": ("Blurred box", "The default: a bell-shaped slice as helical scanners make it, the same "
+                                               "full width at half maximum, tails to 1.7 times it at a tenth of the "
+                                               "maximum."),
                 "auto": ("Estimate from the scan", "Measure the slice profile from the scan's own statistics (a few "
                                                    "seconds); the nominal box, with a warning, where the measurement "
                                                    "cannot be trusted.")},
