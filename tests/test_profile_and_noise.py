@@ -44,14 +44,15 @@ def test_profile_auto_trains_with_what_it_estimated_and_records_it(gaussian_scan
     assert result.model.acquisition == used  # and a saved model carries it
 
 
-def test_profile_auto_on_too_few_slices_falls_back_to_the_nominal_box_with_a_warning(gaussian_scan):
+def test_profile_auto_on_too_few_slices_falls_back_to_the_default_profile_with_a_warning(gaussian_scan):
     few = Volume(np.ascontiguousarray(gaussian_scan.array[:6]), gaussian_scan.ijk_to_world)  # the estimator needs 8
     geometry, _ = read_through_plane_geometry(few, 5.0, None, "auto")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = enhance(few, geometry, RunOptions(profile="auto", **QUICK))
-    assert any("not trusted" in str(w.message) and "nominal box of 5 mm" in str(w.message) for w in caught)
-    assert result.geometry.acquisition.profile == "box" and result.geometry.acquisition.thickness_mm == 5.0
+    assert any("not trusted" in str(w.message) and "default blurred-box of the nominal 5 mm" in str(w.message)
+               for w in caught)
+    assert result.geometry.acquisition.profile == DEFAULT_PROFILE and result.geometry.acquisition.thickness_mm == 5.0
     assert result.metrics.extra["slice_profile"]["trusted"] is False
 
 

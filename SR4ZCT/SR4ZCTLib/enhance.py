@@ -22,7 +22,7 @@ from .core.volume import ThroughPlaneGeometry, Volume, enhanced_matrix
 from .errors import InputError
 from .metrics import RunMetrics
 from .model import TrainedModel
-from .options import VIEWS, RunOptions, check_range, default_threads
+from .options import DEFAULT_PROFILE, VIEWS, RunOptions, check_range, default_threads
 from .progress import Reporter
 
 SPACING_ROUNDING = 1e-6  # relative: a target spacing this close to the increment is the increment
@@ -119,7 +119,8 @@ def _enhance(volume: Volume, geometry: ThroughPlaneGeometry, options: RunOptions
 def estimated_profile(volume: Volume, geometry: ThroughPlaneGeometry, model: Optional[TrainedModel],
                       reporter: Reporter) -> tuple[ThroughPlaneGeometry, dict]:
     """--profile auto: the slice profile estimated from the scan (core/slice_profile.py); where the estimate is not
-    trusted, the nominal box with a warning. With a model, the profile it was trained with."""
+    trusted, the default profile (DEFAULT_PROFILE) of the nominal thickness, with a warning. With a model, the
+    profile it was trained with."""
     if model is not None:
         own = model.acquisition
         acquisition = replace(geometry.acquisition, profile=own.profile, fwtm_mm=own.fwtm_mm)
@@ -134,8 +135,9 @@ def estimated_profile(volume: Volume, geometry: ThroughPlaneGeometry, model: Opt
     note = {"source": "estimated", **estimate.as_dict()}
     if not estimate.trusted:
         warnings.warn(f"--profile auto: the slice profile estimate is not trusted ({'; '.join(estimate.notes)}); "
-                      f"using the nominal box of {nominal.thickness_mm:g} mm", UserWarning, stacklevel=2)
-        acquisition = replace(nominal, profile="box", fwtm_mm=None)
+                      f"using the default {DEFAULT_PROFILE} of the nominal {nominal.thickness_mm:g} mm", UserWarning,
+                      stacklevel=2)
+        acquisition = replace(nominal, profile=DEFAULT_PROFILE, fwtm_mm=None)
     else:
         family = {"box": "box", "gaussian": "gaussian"}.get(estimate.family, "blurred-box")
         acquisition = replace(nominal, thickness_mm=float(estimate.fwhm_mm), profile=family,

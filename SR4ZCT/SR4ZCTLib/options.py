@@ -19,7 +19,7 @@ from .errors import InputError
 
 PROFILES = ("box", "gaussian", "blurred-box")  # slice profile models (core/forward.py states their maths)
 DEFAULT_PROFILE = "blurred-box"  # where neither the user nor a header gives one: tuned on the phantom (docs/benchmarks.md)
-PROFILE_CHOICES = PROFILES + ("auto",)  # auto: estimated from the scan (core/slice_profile.py), else the nominal box
+PROFILE_CHOICES = PROFILES + ("auto",)  # auto: estimated from the scan (core/slice_profile.py), else the default
 PRESET_NAMES = ("fast", "paper")  # training schedules (core/training.py)
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")  # mps: Apple silicon's Metal (core/device.py)
 TRAINING_NOISE = ("off", "auto")  # noise added to the degraded training inputs (core/training_noise.py)
@@ -137,7 +137,7 @@ class RunOptions:
     profile: Optional[str] = option("--profile", "choice", choices=PROFILE_CHOICES, slicer="profile",
                                     help="slice profile: blurred-box (bell-shaped as helical scanners make it: FWHM = thickness, "
                                          "FWTM 1.7 x it), box, gaussian, or auto (estimated from the scan's own "
-                                         "statistics, the nominal box where the estimate is not trusted); default: "
+                                         "statistics, the default blurred box where the estimate is not trusted); default: "
                                          "the one a `simulate` header records, else blurred-box")
     preset: str = option("--preset", "choice", "fast", choices=PRESET_NAMES, slicer="preset")
     iterations: Optional[int] = option("--iterations", "int", help="training iterations, 1..10000000 (overrides the "

@@ -81,7 +81,7 @@ CHOICE_LABELS = {
                                                "full width at half maximum, tails to 1.7 times it at a tenth of the "
                                                "maximum."),
                 "auto": ("Estimate from the scan", "Measure the slice profile from the scan's own statistics (a few "
-                                                   "seconds); the nominal box, with a warning, where the measurement "
+                                                   "seconds); the default blurred box of the nominal thickness, with a warning, where the measurement "
                                                    "cannot be trusted.")},
 }
 SOURCE_LABELS = {"dicom": "from DICOM", "geometry": "from slice positions", "assumed": "assumed", "user": "your value"}
