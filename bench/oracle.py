@@ -16,7 +16,7 @@ import torch
 from SR4ZCTLib.core.acquisition import Acquisition
 from SR4ZCTLib.core.inference import interpolation_to_grid
 from SR4ZCTLib.core.intensity import check_intensities
-from SR4ZCTLib.core.training import TrainingPairs, preset, split_validation_slab, train_network
+from SR4ZCTLib.core.training import TrainingPairs, preset, random_flips, split_validation_slab, train_network
 from SR4ZCTLib.model import TrainedModel
 
 VALIDATION_CROP = 256
@@ -43,12 +43,7 @@ class SupervisedSampler:
         row_ids = row0[:, None, None] + torch.arange(ph)[None, :, None]
         col_ids = col0[:, None, None] + torch.arange(pw)[None, None, :]
         degraded, sharp = inputs[line[:, None, None], row_ids, col_ids], truths[line[:, None, None], row_ids, col_ids]
-        flips = self._randint(4, 1).item()
-        if flips & 1:
-            degraded, sharp = degraded.flip(1), sharp.flip(1)
-        if flips & 2:
-            degraded, sharp = degraded.flip(2), sharp.flip(2)
-        return degraded[:, None], sharp[:, None]
+        return random_flips(degraded, sharp, int(self._randint(4, 1).item()))
 
 
 def _views(fine: torch.Tensor, truth: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:

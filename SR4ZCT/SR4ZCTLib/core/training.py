@@ -164,12 +164,16 @@ class PairSampler:
             degraded = degraded + added * thick_noise(samplings[phase_index], backs[phase_index[:, None], row_ids], white,
                                                       per_slice, share)
         sharp = columns[torch.arange(count, device=view.device)[:, None], row_ids]  # (count, ph, pw)
-        flips = self._randint(4, 1).item()
-        if flips & 1:
-            degraded, sharp = degraded.flip(1), sharp.flip(1)
-        if flips & 2:
-            degraded, sharp = degraded.flip(2), sharp.flip(2)
-        return degraded[:, None], sharp[:, None]
+        return random_flips(degraded, sharp, int(self._randint(4, 1).item()))
+
+
+def random_flips(degraded: torch.Tensor, sharp: torch.Tensor, flips: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A pair batch (count, h, w) flipped alike (bit 0: along h, bit 1: along w), as (count, 1, h, w)."""
+    if flips & 1:
+        degraded, sharp = degraded.flip(1), sharp.flip(1)
+    if flips & 2:
+        degraded, sharp = degraded.flip(2), sharp.flip(2)
+    return degraded[:, None], sharp[:, None]
 
 
 def _noise_bank(operators: list[tuple[np.ndarray, np.ndarray]], noise: TrainingNoise,
