@@ -946,7 +946,7 @@ class SR4ZCTTest(ScriptedLoadableModuleTest):
         inputBefore = slicer.util.arrayFromVolume(inputVolume).copy()
         volumesBefore = slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")
 
-        outputVolume = logic.process(inputVolume, thicknessMm=3.0, iterations=30, device="cpu")
+        outputVolume = logic.process(inputVolume, thicknessMm=3.0, profile="box", iterations=30, device="cpu")
 
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode"), volumesBefore + 1)
         np.testing.assert_allclose(outputVolume.GetOrigin(), inputVolume.GetOrigin(), atol=1e-6)

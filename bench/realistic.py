@@ -120,7 +120,8 @@ def sr4zct(thick: np.ndarray, spacing: float, acquisition: Acquisition, iteratio
     started = time.perf_counter()
     shipped = enhance(volume, geometry, EnhanceOptions(device="cpu", iterations=iterations, force=True, **changes))
     total_s = time.perf_counter() - started
-    plain = enhance(volume, geometry, EnhanceOptions(device="cpu", consistency=False, force=True), model=shipped.model)
+    plain = enhance(volume, shipped.geometry, EnhanceOptions(device="cpu", consistency=False, force=True),
+                    model=shipped.model)
     return shipped, total_s, plain.volume.array.astype(np.float32)
 
 

@@ -86,3 +86,15 @@ def test_model_fields_of_the_wrong_type_are_refused(tmp_path, ct, capsys, change
                            capsys)
     assert_refused(code, err, "not a valid SR4ZCT model")
     assert not (tmp_path / "o.nrrd").exists()
+
+
+def test_a_model_of_the_old_box_default_names_the_profile_that_applies_it(tmp_path, ct, capsys):
+    """A model saved before the default became blurred-box: refused by default with the fix in words, applied with
+    --profile box."""
+    model = small_model(tmp_path / "m.pt", **{"acquisition.profile": "box", "acquisition.fwtm_mm": None})
+    code, _, err = run_cli(["enhance", ct, "-o", tmp_path / "o.nrrd", "--model", model, *FAST], capsys)
+    assert_refused(code, err, "give --profile box to apply this model")
+    assert "default is blurred-box" in err and not (tmp_path / "o.nrrd").exists()
+    code, _, err = run_cli(["enhance", ct, "-o", tmp_path / "o.nrrd", "--model", model, "--profile", "box",
+                            "--progress", "none", *FAST], capsys)
+    assert code == 0, err

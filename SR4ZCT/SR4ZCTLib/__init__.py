@@ -13,6 +13,6 @@ if sys.platform == "darwin":  # before torch loads: ops Apple's Metal (MPS) lack
 from .errors import Cancelled, InputError
 from .core.acquisition import Acquisition
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = ["Acquisition", "Cancelled", "InputError", "__version__"]

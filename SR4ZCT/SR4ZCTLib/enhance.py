@@ -50,7 +50,7 @@ class _Plan:
     device_note: str
     consistency: bool
     compute: Compute  # the network's autocast and memory format (--precision; RunOptions.channels_last)
-    training_noise: str = "off"  # --training-noise: "auto" measures the slices' noise and trains with it
+    training_noise: str = "auto"  # --training-noise: "auto" measures the slices' noise and trains with it
 
 
 def enhance(
@@ -134,7 +134,8 @@ def estimated_profile(volume: Volume, geometry: ThroughPlaneGeometry, model: Opt
                                           nominal.thickness_mm)
     note = {"source": "estimated", **estimate.as_dict()}
     if not estimate.trusted:
-        warnings.warn(f"--profile auto: the slice profile estimate is not trusted ({'; '.join(estimate.notes)}); "
+        reasons = [n for n in estimate.notes if "fell back to the nominal box" not in n]  # enhance falls back itself
+        warnings.warn(f"--profile auto: the slice profile estimate is not trusted ({'; '.join(reasons)}); "
                       f"using the default {DEFAULT_PROFILE} of the nominal {nominal.thickness_mm:g} mm", UserWarning,
                       stacklevel=2)
         acquisition = replace(nominal, profile=DEFAULT_PROFILE, fwtm_mm=None)

@@ -20,6 +20,7 @@ from .core.acquisition import Acquisition
 from .core.intensity import Normalisation
 from .core.networks import build_network
 from .errors import InputError
+from .options import DEFAULT_PROFILE
 from .metrics import without
 
 MODEL_FORMAT = "sr4zct-model-1"
@@ -99,10 +100,17 @@ class TrainedModel:
     def check_matches(self, acquisition: Acquisition, grid_spacing_mm: float) -> None:
         """Refuse to apply a model to an acquisition it was not trained for (the paper's central point)."""
         mine = self.acquisition
-        if (abs(mine.thickness_mm - acquisition.thickness_mm) > ACQUISITION_MATCH_MM
-                or abs(mine.increment_mm - acquisition.increment_mm) > ACQUISITION_MATCH_MM
-                or mine.profile != acquisition.profile
-                or abs(mine.fwtm_ratio - acquisition.fwtm_ratio) * mine.thickness_mm > ACQUISITION_MATCH_MM):
+        widths_match = (abs(mine.thickness_mm - acquisition.thickness_mm) <= ACQUISITION_MATCH_MM
+                        and abs(mine.increment_mm - acquisition.increment_mm) <= ACQUISITION_MATCH_MM)
+        shape_matches = (mine.profile == acquisition.profile
+                         and abs(mine.fwtm_ratio - acquisition.fwtm_ratio) * mine.thickness_mm <= ACQUISITION_MATCH_MM)
+        if widths_match and not shape_matches:
+            raise InputError(
+                f"the model was trained for {mine.describe()} but this scan is read with the "
+                f"{acquisition.profile} profile (the default is {DEFAULT_PROFILE} since version 0.2): give "
+                f"--profile {mine.profile} to apply this model, or train a new one (omit --model)"
+            )
+        if not widths_match:
             raise InputError(
                 f"the model was trained for {mine.describe()} but this scan has {acquisition.describe()}; "
                 "a mismatched model costs image quality: train a new one (omit --model) or correct --thickness/--increment"

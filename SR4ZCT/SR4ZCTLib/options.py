@@ -124,7 +124,7 @@ class RunOptions:
     """What to run: the acquisition, the training schedule, the output grid and the checks. None: the default.
 
     Defaults: thickness and increment from the scan (DICOM SliceThickness or a `simulate` header, slice positions),
-    the header's profile else box,
+    the header's profile else blurred-box, training noise measured from the scan,
     the `fast` preset, the preset's consistency projection, the in-plane spacing as output spacing.
     """
 

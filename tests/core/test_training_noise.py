@@ -138,3 +138,25 @@ def test_slice_correlation_of_overlapping_slices(acquired):
 
     assert slice_correlation(acquired) == pytest.approx(_lag1(acquired[:, 8:-8, 8:-8], 0), abs=0.08)
     assert slice_correlation(acquired[:3]) is None
+
+
+def test_the_sampler_and_validation_add_per_slice_noise_when_neighbouring_slices_do_not_correlate(acquired):
+    """rho_z = 0 (each slice noised on its own): the batch's noise is white per thick sample, so rows two
+    increments apart no longer correlate as the overlapping profiles make them; validation does the same."""
+    estimate = estimate_noise(acquired, 1.0)
+    views = [torch.zeros((6, 96, 96))]  # no anatomy: the batch holds only the added noise
+
+    def lag_correlation(images: torch.Tensor, lag: int) -> float:
+        a, b = images[..., :-lag, :], images[..., lag:, :]
+        return float((a * b).mean() / torch.sqrt((a * a).mean() * (b * b).mean()))
+
+    correlations = {}
+    for rho in (None, 0.0):
+        noise = TrainingNoise.from_estimate(estimate, 1.0, rho)
+        sampler = PairSampler(views * 2, 1.0, ACQUISITION, 8, torch.Generator().manual_seed(3), noise)
+        batch = torch.cat([sampler.batch(16, 48)[0] for _ in range(8)])
+        held_out = validation_pairs(views, 1.0, ACQUISITION, noise=noise)[0][0]
+        correlations[rho] = (lag_correlation(batch, 3), lag_correlation(held_out, 3), float(batch.std()))
+    (profiled, profiled_held, _), (own, own_held, std) = correlations[None], correlations[0.0]
+    assert profiled > own + 0.15 and profiled_held > own_held + 0.15, correlations
+    assert std > 0.3 * TrainingNoise.from_estimate(estimate, 1.0, 0.0).std

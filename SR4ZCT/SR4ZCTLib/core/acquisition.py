@@ -62,7 +62,10 @@ class Acquisition:
         return BLURRED_BOX_FWTM_RATIO if self.fwtm_mm is None else float(self.fwtm_mm) / float(self.thickness_mm)
 
     def scaled(self, factor: float) -> "Acquisition":
-        """The same profile shape and increment, its widths (FWHM, FWTM) times `factor`."""
+        """The same profile shape and increment, its widths (FWHM, FWTM) times `factor`, kept within the thickness
+        range (a training variation of a valid acquisition must not fail as if the header were wrong)."""
+        low, high = RANGES["thickness"]
+        factor = min(max(float(factor), low / self.thickness_mm), high / self.thickness_mm)
         return Acquisition(self.thickness_mm * factor, self.increment_mm, self.profile,
                            None if self.fwtm_mm is None else self.fwtm_mm * factor)
 

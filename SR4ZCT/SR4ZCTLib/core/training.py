@@ -225,13 +225,14 @@ def validation_pairs(views: list[torch.Tensor], spacing_mm: float, acquisition: 
             sampling, back = degradation_operators(length, spacing_mm, acquisition, phase)
             degraded = torch.matmul(torch.from_numpy(back @ sampling).to(view), view)
             if noise is not None:
-                count = len(view)
+                count, share = len(view), noise.overlap_share(sampling)
                 white = noise.coloured(tuple(view.shape), generator, view.device, view.dtype)
-                per_slice = noise.coloured((count, len(sampling), view.shape[2]), generator, view.device, view.dtype)
+                per_slice = (noise.coloured((count, len(sampling), view.shape[2]), generator, view.device, view.dtype)
+                             if share < 1.0 else None)
                 unit = torch.from_numpy(sampling / np.linalg.norm(sampling, axis=1, keepdims=True)).to(view)
                 degraded = degraded + noise.added_std(sampling) * thick_noise(
                     unit.expand(count, -1, -1), torch.from_numpy(back).to(view).expand(count, -1, -1), white, per_slice,
-                    noise.overlap_share(sampling))
+                    share)
             r0 = max(0, (view.shape[1] - max_size) // 2)
             c0 = max(0, (view.shape[2] - max_size) // 2)
             crop = (slice(None), slice(r0, r0 + max_size), slice(c0, c0 + max_size))

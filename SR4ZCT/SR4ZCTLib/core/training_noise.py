@@ -12,7 +12,9 @@ down to a residual of variance sigma^2 mean_m(s_m^T R s_m), R the in-plane corre
 axis; the other axis keeps its correlation N. So the degraded input W x gets
 
     U (a S w / |s| + b e) * sigma_add,   sigma_add^2 = sigma^2 (1 - mean_m s_m^T R s_m),
-    a^2 = clip(rho_z / c, 0, 1), b^2 = 1 - a^2,
+    a^2 = clip((rho_z - r1) / ((1 - r0) c), 0, 1), b^2 = 1 - a^2,
+
+r0, r1 = mean_m s_m^T R s_m+shift at shifts 0 and 1 (residual_fraction): what S leaves of the image's own noise;
 
 w white along the degraded axis, e white per thick sample, both coloured by N along the other axis
 (unit variance): in total each thick sample carries sigma, neighbouring samples correlate by rho_z, and
