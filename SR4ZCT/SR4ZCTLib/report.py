@@ -84,6 +84,16 @@ def stage_report(publication, folder: Path, volume: Volume, geometry: ThroughPla
     publication.stage(folder / "metrics.json", lambda name: Path(name).write_text(text), verify_json)
 
 
+def report_title(geometry, z_step: float, metrics) -> str:
+    """The figure's title: the acquisition on one line, the output grid and the validation figure on the next (each
+    short enough for the figure's width)."""
+    lines = ["SR4ZCT", f"{geometry.acquisition.describe()}; output every {z_step:.3g} mm"]
+    if metrics.validation_psnr_db is not None:
+        lines.append(f"held-out in-plane stand-in PSNR {metrics.validation_psnr_db:.2f} dB "
+                     f"vs linear {metrics.validation_linear_psnr_db:.2f} dB")
+    return "\n".join(lines)
+
+
 def _stage_picture(publication, folder: Path, matplotlib, volume: Volume, geometry: ThroughPlaneGeometry,
                    enhanced: Volume, metrics: RunMetrics, confidence: Optional[Volume]) -> None:
     """report.png: as acquired, linear and SR4ZCT (and the disagreement) on the central coronal and sagittal planes."""
@@ -106,11 +116,7 @@ def _stage_picture(publication, folder: Path, matplotlib, volume: Volume, geomet
             axis.set_yticks([])
         if overlays:
             _draw_disagreement(axes[row][3], images["SR4ZCT"], overlays[view], z_step / in_plane, head_up, view)
-    subtitle = f"{geometry.acquisition.describe()}; output every {z_step:.3g} mm"
-    if metrics.validation_psnr_db is not None:
-        subtitle += (f"; held-out in-plane stand-in PSNR {metrics.validation_psnr_db:.2f} dB "
-                     f"vs linear {metrics.validation_linear_psnr_db:.2f} dB")
-    figure.suptitle(f"SR4ZCT\n{subtitle}", fontsize=11)
+    figure.suptitle(report_title(geometry, z_step, metrics), fontsize=11)
     figure.tight_layout()
     try:
         publication.stage(folder / "report.png", lambda name: figure.savefig(name, dpi=90, format="png"), _verify_png)
