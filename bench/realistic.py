@@ -111,18 +111,27 @@ VARIANTS = {  # SR4ZCT runs side by side: name -> options changed from the shipp
 }
 
 
-def sr4zct(thick: np.ndarray, spacing: float, acquisition: Acquisition, iterations=None, **changes):
-    """SR4ZCT as a user runs it (nominal thickness, default profile, the shipped options unless `changes`), and the
-    same model unprojected."""
+def thick_volume(thick: np.ndarray, spacing: float, acquisition: Acquisition, profile=None):
+    """(Volume, geometry) of simulated thick slices as a user gives them: the nominal thickness and increment."""
     volume = Volume(thick, Volume.matrix_from((0, 0, 0), (spacing, spacing, acquisition.increment_mm), np.eye(3)))
-    geometry, _ = read_through_plane_geometry(volume, acquisition.thickness_mm, acquisition.increment_mm,
-                                              changes.get("profile"))
+    geometry, _ = read_through_plane_geometry(volume, acquisition.thickness_mm, acquisition.increment_mm, profile)
+    return volume, geometry
+
+
+def apply(volume: Volume, geometry, model, **options) -> np.ndarray:
+    """A trained model run on the volume with the shipped inference options unless `options` (float32 array)."""
+    result = enhance(volume, geometry, EnhanceOptions(device="cpu", force=True, **options), model=model)
+    return result.volume.array.astype(np.float32)
+
+
+def sr4zct(thick: np.ndarray, spacing: float, acquisition: Acquisition, iterations=None, **changes):
+    """SR4ZCT as a user runs it (nominal thickness, default profile, the shipped options unless `changes`), the
+    volume with the geometry it used, and the same model unprojected."""
+    volume, geometry = thick_volume(thick, spacing, acquisition, changes.get("profile"))
     started = time.perf_counter()
     shipped = enhance(volume, geometry, EnhanceOptions(device="cpu", iterations=iterations, force=True, **changes))
     total_s = time.perf_counter() - started
-    plain = enhance(volume, shipped.geometry, EnhanceOptions(device="cpu", consistency=False, force=True),
-                    model=shipped.model)
-    return shipped, total_s, plain.volume.array.astype(np.float32)
+    return shipped, total_s, volume, apply(volume, shipped.geometry, shipped.model, consistency=False)
 
 
 def oracle(volume: np.ndarray, spacing: float, acquisition: Acquisition, case: str, seed: int, thick: np.ndarray,
@@ -132,12 +141,9 @@ def oracle(volume: np.ndarray, spacing: float, acquisition: Acquisition, case: s
     from oracle import oracle_model
 
     train_thick, first = simulate(volume, spacing, acquisition, case, seed + 7919)
-    image = Volume(thick, Volume.matrix_from((0, 0, 0), (spacing, spacing, acquisition.increment_mm), np.eye(3)))
-    geometry, _ = read_through_plane_geometry(image, acquisition.thickness_mm, acquisition.increment_mm)
+    image, geometry = thick_volume(thick, spacing, acquisition)
     model = oracle_model(train_thick, volume[first:], spacing, geometry.acquisition, iterations=iterations)
-    shipped = enhance(image, geometry, EnhanceOptions(device="cpu", force=True), model=model)
-    plain = enhance(image, geometry, EnhanceOptions(device="cpu", consistency=False, force=True), model=model)
-    return (shipped.volume.array.astype(np.float32), plain.volume.array.astype(np.float32),
+    return (apply(image, geometry, model), apply(image, geometry, model, consistency=False),
             model.metrics["training_seconds"])
 
 
@@ -195,7 +201,8 @@ def main() -> None:
                     rows.append((f"{method} + projection (lambda {CONSISTENCY_LAMBDA:g}, blurred box)",
                                  measure(projected, truth, acquisition), 0.0, time.perf_counter() - started))
             for variant in args.variants.split(",") if args.train else ():
-                shipped, total_s, plain = sr4zct(thick, spacing, acquisition, args.iterations, **VARIANTS[variant])
+                shipped, total_s, image, plain = sr4zct(thick, spacing, acquisition, args.iterations,
+                                                        **VARIANTS[variant])
                 train_s = shipped.metrics.timings["training_s"]
                 infer_s = shipped.metrics.timings["inference_s"]
                 name = ("**SR4ZCT shipped default** (blurred box, training noise, projection on)" if variant == "default"
@@ -208,16 +215,11 @@ def main() -> None:
                     rows.append((f"SR4ZCT {variant} unprojected + projection (lambda {lam:g})",
                                  measure(consistency(plain, thick, acquisition, spacing, lam), truth, acquisition),
                                  train_s, infer_s))
-                if args.flips:
-                    image = Volume(thick, Volume.matrix_from((0, 0, 0), (spacing, spacing, increment), np.eye(3)))
-                    geometry = shipped.geometry
-                    for project in (True, False):
-                        started = time.perf_counter()
-                        flipped = enhance(image, geometry, EnhanceOptions(device="cpu", consistency=project, force=True,
-                                                                          flips=True), model=shipped.model)
-                        rows.append((f"SR4ZCT {variant} + test-time flips, projection {'on' if project else 'off'}",
-                                     measure(flipped.volume.array.astype(np.float32), truth, acquisition), train_s,
-                                     time.perf_counter() - started))
+                for project in (True, False) if args.flips else ():
+                    started = time.perf_counter()
+                    flipped = apply(image, shipped.geometry, shipped.model, consistency=project, flips=True)
+                    rows.append((f"SR4ZCT {variant} + test-time flips, projection {'on' if project else 'off'}",
+                                 measure(flipped, truth, acquisition), train_s, time.perf_counter() - started))
                 extra[variant] = {"enhance_s": total_s, "validation": shipped.metrics.training.get("validation_psnr_db"),
                                   "training_noise": shipped.metrics.training.get("training_noise")}
             if args.oracle:
@@ -235,9 +237,10 @@ def main() -> None:
                 best = max(baselines, key=lambda r: r[1]["psnr"])
                 cubic = next(r for r in rows if r[0] == "cubic")
                 print(f"\nstrongest learning-free baseline: {best[0]} {best[1]['psnr']:.2f} dB", end="")
-                for variant in args.variants.split(",") if args.train else ():
-                    ours = next(r for r in rows if r[0].startswith("**SR4ZCT shipped" if variant == "default"
-                                                                   else f"SR4ZCT {variant} ("))[1]
+                shipped_rows = {variant: next(r for r in rows if r[0].startswith(
+                    "**SR4ZCT shipped" if variant == "default" else f"SR4ZCT {variant} ("))[1]
+                    for variant in (args.variants.split(",") if args.train else ())}
+                for variant, ours in shipped_rows.items():
                     print(f"; SR4ZCT {variant} {ours['psnr'] - best[1]['psnr']:+.2f} dB over it, "
                           f"{ours['psnr'] - cubic[1]['psnr']:+.2f} dB over cubic, SSIM (cor/sag) "
                           f"{ours['ssim_cor'] - best[1]['ssim_cor']:+.4f}/{ours['ssim_sag'] - best[1]['ssim_sag']:+.4f}"
@@ -246,9 +249,7 @@ def main() -> None:
                 if oracles:
                     ceiling = max(r[1]["psnr"] for r in oracles) - best[1]["psnr"]
                     print(f"; the oracle {ceiling:+.2f} dB over it", end="")
-                    for variant in args.variants.split(",") if args.train else ():
-                        ours = next(r for r in rows if r[0].startswith("**SR4ZCT shipped" if variant == "default"
-                                                                       else f"SR4ZCT {variant} ("))[1]
+                    for variant, ours in shipped_rows.items():
                         print(f"; SR4ZCT {variant} {(ours['psnr'] - best[1]['psnr']) / ceiling:.0%} of the oracle's gain"
                               if ceiling > 0 else "", end="")
             print("\n", flush=True)

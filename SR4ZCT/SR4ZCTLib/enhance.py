@@ -15,7 +15,7 @@ from .core.device import Compute, resolve_compute, resolve_device
 from .core.inference import enhance_stack, resample_along_axis0
 from .core.intensity import Normalisation, check_intensities
 from .core.memory import check_memory, estimate_memory_bytes, fine_grid_size
-from .core.slice_profile import estimate_noise, estimate_slice_profile
+from .core.slice_profile import FALLBACK_NOTE, estimate_noise, estimate_slice_profile
 from .core.training import PRESETS, TrainingConfig, preset, train_network
 from .core.training_noise import TrainingNoise, slice_correlation
 from .core.volume import ThroughPlaneGeometry, Volume, enhanced_matrix
@@ -134,7 +134,7 @@ def estimated_profile(volume: Volume, geometry: ThroughPlaneGeometry, model: Opt
                                           nominal.thickness_mm)
     note = {"source": "estimated", **estimate.as_dict()}
     if not estimate.trusted:
-        reasons = [n for n in estimate.notes if "fell back to the nominal box" not in n]  # enhance falls back itself
+        reasons = [n for n in estimate.notes if n != FALLBACK_NOTE]  # enhance falls back to its own default
         warnings.warn(f"--profile auto: the slice profile estimate is not trusted ({'; '.join(reasons)}); "
                       f"using the default {DEFAULT_PROFILE} of the nominal {nominal.thickness_mm:g} mm", UserWarning,
                       stacklevel=2)

@@ -719,13 +719,16 @@ class ProfileEstimate:
                 "noise_std_hu": self.noise_std_hu, "notes": list(self.notes), "seconds": self.seconds}
 
 
+FALLBACK_NOTE = "fell back to the nominal box"  # the last note of a fallback estimate (after its reason)
+
+
 def _fallback(nominal: float, reason: str, start: float, noise: float = 0.0) -> ProfileEstimate:
     """The nominal box, with a SliceProfileWarning."""
     warnings.warn(f"slice profile not estimated ({reason}); using the nominal box of {nominal:g} mm",
                   SliceProfileWarning, stacklevel=3)
     nan = float("nan")
     return ProfileEstimate("box", nominal, 0.0, nominal, nominal, nan, nan, "fallback", False,
-                           (reason, "fell back to the nominal box"), (), (nan, nan), noise, time.perf_counter() - start)
+                           (reason, FALLBACK_NOTE), (), (nan, nan), noise, time.perf_counter() - start)
 
 
 def _plane_indices(stack: np.ndarray, axis: int, count: int) -> np.ndarray:
